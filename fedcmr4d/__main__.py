@@ -1,0 +1,3 @@
+from fedcmr4d.cli import main
+
+main()

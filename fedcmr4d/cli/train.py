@@ -1,0 +1,5 @@
+"""CLI commands: train."""
+
+from __future__ import annotations
+
+from fedcmr4d.cli import app  # noqa: F401

@@ -1,0 +1,234 @@
+"""YAML configuration, validated at load time into typed pydantic models.
+
+A config is one YAML file (see ``fedcmr4d/configs/``: ``tiny``, ``tiny-dp``, ``cpu-small``,
+``paper``, ``paper-dp``). Every key is checked: unknown keys, wrong types and out-of-range values
+produce one :class:`~fedcmr4d.errors.ConfigError` line per problem naming the file, the dotted key
+and what is allowed. ``--set dotted.key=value`` overrides are parsed as YAML scalars and validated
+like the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedcmr4d.errors import ConfigError
+
+PACKAGED_CONFIGS = Path(__file__).parent / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Geometry every stage agrees on. Cines are (X, Y, Z, T) = (size, size, slices, frames)."""
+
+    image_size: int = Field(384, ge=16, description="in-plane crop/pad size (pixels = mm)")
+    frames: int = Field(32, ge=4, description="frames per cardiac cycle after resampling")
+    slices: int = Field(6, ge=1, description="slices per subject stack fed to stage 2")
+    pixel_spacing_mm: float = Field(1.0, gt=0)
+    slice_spacing_mm: float = Field(10.0, gt=0)
+    holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> DataConfig:
+        if self.image_size % 4 or self.frames % 4:
+            raise ValueError("image_size and frames must be divisible by 4 (the VQ-VAE is 4x down)")
+        return self
+
+
+class AutoencoderConfig(_Strict):
+    """Stage-1 spatiotemporal VQ-VAE on 2D+t slices (1 x H x W x T)."""
+
+    channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=2, max_length=2)
+    num_res_layers: int = Field(1, ge=0)
+    num_res_channels: list[int] = Field(default_factory=lambda: [32, 64])
+    num_embeddings: int = Field(1024, ge=2)
+    embedding_dim: int = Field(8, ge=1)
+    commitment_cost: float = Field(0.25, ge=0)
+    entropy_weight: float = Field(0.1, ge=0)
+    perceptual_weight: float = Field(0.0, ge=0)
+    perceptual_weights_path: str | None = None
+    adversarial_weight: float = Field(0.005, ge=0)
+    adversarial_start_step: int = Field(0, ge=0)
+    discriminator_channels: int = Field(32, ge=4)
+    discriminator_layers: int = Field(3, ge=1)
+
+
+class DiffusionConfig(_Strict):
+    """Stage-2 latent diffusion UNet on (slices * 8) x H/4 x W/4 x T/4 latent stacks."""
+
+    channels: list[int] = Field(default_factory=lambda: [64, 128, 128], min_length=1)
+    attention_levels: list[bool] = Field(default_factory=lambda: [False, False, True])
+    num_res_blocks: int = Field(1, ge=1)
+    num_head_channels: int = Field(32, ge=1)
+    norm_num_groups: int = Field(32, ge=1)
+    timesteps: int = Field(300, ge=2)
+    schedule: Literal["cosine", "linear_beta", "scaled_linear_beta"] = "cosine"
+    prediction: Literal["v_prediction", "epsilon", "sample"] = "v_prediction"
+    huber_delta: float = Field(1.0, gt=0)
+    sample_steps: int = Field(50, ge=1)
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+
+    @model_validator(mode="after")
+    def _levels(self) -> DiffusionConfig:
+        if len(self.attention_levels) != len(self.channels):
+            raise ValueError("attention_levels must have one entry per channels entry")
+        return self
+
+
+class StageTrainConfig(_Strict):
+    """Optimisation settings of one stage (local steps per round in federation)."""
+
+    steps: int = Field(100, ge=1)
+    batch_size: int = Field(4, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    lr_discriminator: float = Field(2e-5, gt=0)
+    betas: list[float] = Field(default_factory=lambda: [0.5, 0.9], min_length=2, max_length=2)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    grad_accumulation: int = Field(1, ge=1)
+    slices_per_subject: int = Field(1, ge=1, description="random slices drawn per subject per step")
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
+
+
+class TrainConfig(_Strict):
+    autoencoder: StageTrainConfig = Field(default_factory=StageTrainConfig)
+    diffusion: StageTrainConfig = Field(default_factory=StageTrainConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    channels_last: bool = True
+    num_workers: int = Field(0, ge=0)
+
+
+class PrivacyConfig(_Strict):
+    """DP-SGD per site; the subject is the privacy unit (DESIGN.md, Privacy model)."""
+
+    enabled: bool = False
+    target_epsilon: float = Field(10.0, gt=0)
+    target_delta: float | None = Field(None, gt=0, lt=1, description="default: 1 / (10 N)")
+    noise_multiplier: float | None = Field(1.0, ge=0, description="null: derive from budget")
+    max_grad_norm: float = Field(1.0, gt=0)
+    accountant: Literal["rdp", "prv", "gdp"] = "rdp"
+    grad_sample_mode: Literal["hooks", "functorch", "ghost"] = "functorch"
+
+
+class FederationConfig(_Strict):
+    rounds_autoencoder: int = Field(2, ge=0)
+    rounds_diffusion: int = Field(2, ge=0)
+    strategy: Literal["fedavg", "fedadam", "fedprox", "fedtrimmedavg", "fedmedian", "krum"] = (
+        "fedavg"
+    )
+    proximal_mu: float = Field(0.0, ge=0)
+    min_nodes: int = Field(1, ge=1)
+    fraction_train: float = Field(1.0, gt=0, le=1)
+    max_update_norm_ratio: float = Field(10.0, gt=1, description="reject updates this far out")
+
+
+class AuditConfig(_Strict):
+    percentile: float = Field(1.0, gt=0, lt=50, description="holdout-to-train percentile bar")
+    max_shift: int = Field(2, ge=0, description="in-plane shift searched (voxels)")
+    dcr_tolerance: float = Field(0.2, ge=0, le=0.5, description="|dcr_share - 0.5| allowed")
+
+
+class EvaluateConfig(_Strict):
+    feature_weights_path: str | None = None
+    segmenter_steps: int = Field(200, ge=1)
+
+
+class Config(_Strict):
+    """The whole run configuration."""
+
+    name: str = "custom"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    autoencoder: AutoencoderConfig = Field(default_factory=AutoencoderConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    def to_yaml(self) -> str:
+        """The resolved config, as saved next to every checkpoint."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A file path, or the name of a packaged config (``tiny``, ``paper``, ...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = PACKAGED_CONFIGS / f"{name_or_path}.yaml"
+    if packaged.is_file():
+        return packaged
+    names = ", ".join(sorted(p.stem for p in PACKAGED_CONFIGS.glob("*.yaml")))
+    raise ConfigError(f"{name_or_path}: no such config file (packaged configs: {names})")
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: --set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=value`` -> ("a.b", yaml-parsed value)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({exc})") from exc
+    return key.strip(), value
+
+
+def _format_errors(source: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "literal_error":
+            msg = f"must be one of {err.get('ctx', {}).get('expected', '')}"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+        lines.append(f"{source}: {key}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def config_from_dict(tree: dict[str, Any], source: str = "<config>") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(source, exc)) from None
+
+
+def load_config(name_or_path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a config; raise :class:`ConfigError` naming file and key."""
+    path = resolve_config_path(name_or_path)
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read YAML ({exc})") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(tree, key, value, str(path))
+    return config_from_dict(tree, str(path))
