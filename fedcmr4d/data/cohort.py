@@ -145,7 +145,7 @@ def _load_nifti(path: Path) -> nib.Nifti1Image:
         raise InputError(f"{path}: file is missing")
     try:
         image = nib.load(str(path))
-        image.get_fdata(dtype=np.float32)  # force a full read: truncated files fail here
+        np.asarray(image.dataobj)  # type: ignore[attr-defined]  # full read: truncation fails here
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"{path}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
     return image  # type: ignore[return-value]
