@@ -57,6 +57,8 @@ class AutoencoderConfig(_Strict):
     adversarial_start_step: int = Field(0, ge=0)
     discriminator_channels: int = Field(32, ge=4)
     discriminator_layers: int = Field(3, ge=1)
+    adversarial_loss: Literal["least_squares", "hinge"] = "least_squares"
+    temporal_downsample: Literal[2, 4] = Field(4, description="4: T/4 latents (seed); 2: T/2")
 
 
 class DiffusionConfig(_Strict):
@@ -73,6 +75,9 @@ class DiffusionConfig(_Strict):
     huber_delta: float = Field(1.0, gt=0)
     sample_steps: int = Field(50, ge=1)
     sampler: Literal["ddim", "ddpm"] = "ddim"
+    stack_slices: int | None = Field(
+        None, ge=1, description="slices per latent stack; null: data.slices; 1: slice-wise baseline"
+    )
 
     @model_validator(mode="after")
     def _levels(self) -> DiffusionConfig:
