@@ -140,7 +140,16 @@ class FederationConfig(_Strict):
 class AuditConfig(_Strict):
     percentile: float = Field(1.0, gt=0, lt=50, description="holdout-to-train percentile bar")
     max_shift: int = Field(2, ge=0, description="in-plane shift searched (voxels)")
-    dcr_tolerance: float = Field(0.2, ge=0, le=0.5, description="|dcr_share - 0.5| allowed")
+    dcr_tolerance: float = Field(
+        0.2, ge=0, le=0.5, description="dcr_share may exceed its no-memorization value by this"
+    )
+    fov_mm: float = Field(
+        160.0, gt=0, description="in-plane field of view compared (capped by the synthetic one)"
+    )
+    grid: int = Field(32, ge=4, description="in-plane pixels of the audit representation")
+    slices: int = Field(4, ge=1, description="central slices compared")
+    frames: int = Field(16, ge=2, description="frames per cycle after periodic resampling")
+    lowpass_sigma: float = Field(0.7, ge=0, description="Gaussian low-pass, grid pixels")
 
 
 class EvaluateConfig(_Strict):
