@@ -22,6 +22,7 @@ Typical use::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -379,11 +380,13 @@ def write_phantom_cohort(
     frames: int = 16,
     vendor: str | None = None,
     id_prefix: str = "phantom",
+    on_subject: Callable[[str], None] | None = None,
 ) -> Cohort:
     """Write ``n_subjects`` phantom subjects (seeds derived from ``seed``) and the index.
 
     Subject ``i`` gets id ``f"{id_prefix}{i:03d}"`` and seed ``seed * 100_003 + i``, so two
-    cohorts with different ``seed`` share no subject.
+    cohorts with different ``seed`` share no subject. ``on_subject(subject_id)`` is called after
+    each subject is written (progress bars).
     """
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
@@ -401,6 +404,8 @@ def write_phantom_cohort(
         )
         write_subject(out, subject)
         ids.append(subject_id)
+        if on_subject is not None:
+            on_subject(subject_id)
     write_cohort_index(
         out,
         ids,
