@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from fedcmr4d.cli import app
+from fedcmr4d.config import Config
 
 train_app = typer.Typer(
     help="Train one stage on one site's cohort (the same code a federated site runs).",
@@ -23,16 +24,13 @@ _RESUME = typer.Option(False, "--resume", help="Continue from the checkpoint in 
 _QUIET = typer.Option(False, "--quiet", help="No progress bar.")
 
 
-def _privacy_for(cfg: object, out: Path) -> object | None:
+def _privacy_for(
+    cfg: Config, out: Path, data: Path, stage: str, autoencoder: Path | None = None
+) -> object | None:
     """The privacy hook for local DP training, when the config enables DP."""
-    if not getattr(getattr(cfg, "privacy", None), "enabled", False):
-        return None
-    from fedcmr4d.errors import ConfigError
+    from fedcmr4d.privacy.local import local_site_privacy
 
-    raise ConfigError(
-        f"{out}: privacy.enabled is true, but local DP training is wired through the privacy "
-        "module; set --set privacy.enabled=false or use the federated run"
-    )
+    return local_site_privacy(cfg, data, out, stage, autoencoder_dir=autoencoder)
 
 
 def _report(out: Path, step: int, metrics: dict[str, float]) -> None:
@@ -60,7 +58,7 @@ def train_autoencoder(
         out,
         resume=resume,
         progress=not quiet,
-        privacy=_privacy_for(cfg, out),
+        privacy=_privacy_for(cfg, out, data, "autoencoder"),
     )
     _report(result.out_dir, result.step, result.metrics)
 
@@ -88,7 +86,7 @@ def train_diffusion(
         autoencoder_dir=autoencoder,
         resume=resume,
         progress=not quiet,
-        privacy=_privacy_for(cfg, out),
+        privacy=_privacy_for(cfg, out, data, "diffusion", autoencoder),
     )
     _report(result.out_dir, result.step, result.metrics)
 

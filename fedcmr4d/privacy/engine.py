@@ -23,6 +23,7 @@ so that each step is one subsampled Gaussian mechanism for the accountant.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -99,12 +100,15 @@ def per_subject_gradients(
         return loss, (loss.detach(), {k: v.detach() for k, v in parts.items()})
 
     in_dims = (None,) + (0,) * len(subject_inputs)
-    grads, (losses, parts) = vmap(
-        grad(one_subject, has_aux=True),
-        in_dims=in_dims,
-        randomness="different",
-        chunk_size=chunk_size,
-    )(frozen, *subject_inputs)
+    with warnings.catch_warnings():
+        # ops without a batching rule (bincount for code perplexity) fall back to a loop
+        warnings.filterwarnings("ignore", message=".*batching rule.*")
+        grads, (losses, parts) = vmap(
+            grad(one_subject, has_aux=True),
+            in_dims=in_dims,
+            randomness="different",
+            chunk_size=chunk_size,
+        )(frozen, *subject_inputs)
     for name, p in params.items():
         p.grad_sample = grads[name].detach()  # type: ignore[attr-defined]
     return losses, parts
@@ -150,6 +154,7 @@ class SubjectDP:
         noise_multiplier: σ (noise std = σ · max_grad_norm on the summed clipped gradients).
         max_grad_norm: C, the clip bound of one subject's whole gradient per optimizer.
         generator: randomness for Poisson sampling.
+        noise_generator: randomness for the Gaussian noise (on the parameters' device).
     """
 
     def __init__(
@@ -162,6 +167,7 @@ class SubjectDP:
         noise_multiplier: float,
         max_grad_norm: float,
         generator: torch.Generator | None = None,
+        noise_generator: torch.Generator | None = None,
     ) -> None:
         if batch_size > n_subjects:
             raise ConfigError(
@@ -176,6 +182,7 @@ class SubjectDP:
         self.noise_multiplier = float(noise_multiplier)
         self.max_grad_norm = float(max_grad_norm)
         self.sampler = PoissonSubjectSampler(n_subjects, self.sample_rate, generator)
+        self.noise_generator = noise_generator
 
     def wrap(self, optimizer: torch.optim.Optimizer) -> DPOptimizer:
         """Wrap ``optimizer`` so its steps clip per subject, add noise and count in the ledger."""
@@ -185,6 +192,7 @@ class SubjectDP:
             max_grad_norm=self.max_grad_norm,
             expected_batch_size=self.batch_size,
             loss_reduction="mean",
+            generator=self.noise_generator,
         )
         dp.attach_step_hook(self._account)
         return dp

@@ -10,8 +10,10 @@ before each call of ``train(steps)``, which raises
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +22,11 @@ from fedcmr4d.errors import ConfigError
 from fedcmr4d.privacy.accounting import PRIVACY_FILE, Segment, SiteAccountant, default_delta
 from fedcmr4d.privacy.budget import check_budget, derive_noise_multiplier
 from fedcmr4d.privacy.engine import SubjectDP
+from fedcmr4d.privacy.guards import check_dp_model
+from fedcmr4d.privacy.steps import autoencoder_step, check_trainer_supported, diffusion_step
+
+if TYPE_CHECKING:
+    from fedcmr4d.train.trainer import StageTrainer
 
 STAGES = ("autoencoder", "diffusion")
 
@@ -54,6 +61,11 @@ class SitePrivacy:
         rounds: planned rounds per stage, to derive σ for the whole plan; local training is one
             round per stage.
         site: a name for messages (site id or output folder).
+        local_total_steps: for single-site training, the run's total steps of the stage: the
+            first ``train`` call then checks the whole remaining run against the budget, so a
+            run that cannot finish within it is refused before its first step.
+        seed: seeds Poisson sampling and noise (tests only). By default both come from the OS's
+            entropy: a seed in a shared config would let anyone replay the noise and batches.
     """
 
     def __init__(
@@ -64,6 +76,8 @@ class SitePrivacy:
         n_subjects: int,
         rounds: Mapping[str, int] | None = None,
         site: str = "site",
+        local_total_steps: int | None = None,
+        seed: int | None = None,
     ) -> None:
         if not cfg.privacy.enabled:
             raise ConfigError("privacy.enabled is false: no SitePrivacy for a non-DP run")
@@ -72,6 +86,9 @@ class SitePrivacy:
         self.n_subjects = n_subjects
         self.rounds = {stage: 1 for stage in STAGES} | dict(rounds or {})
         self.site = site
+        self.local_total_steps = local_total_steps
+        self.seed = seed
+        self.engines: dict[str, SubjectDP] = {}
 
     @classmethod
     def open(
@@ -84,25 +101,40 @@ class SitePrivacy:
         site: str = "site",
         target_epsilon: float | None = None,
         target_delta: float | None = None,
+        initial_state: str | Path | None = None,
+        local_total_steps: int | None = None,
     ) -> SitePrivacy:
         """Load the site's ledger from ``state_path`` if it exists, else start a new one.
 
         ``target_epsilon``/``target_delta`` (a site's own node config) override the config's.
+        ``initial_state`` (e.g. the stage-1 output's ``privacy.json`` for local stage-2 training)
+        seeds a new ledger when ``state_path`` does not exist yet.
         """
         p = cfg.privacy
         epsilon = float(target_epsilon if target_epsilon is not None else p.target_epsilon)
         delta_cfg = target_delta if target_delta is not None else p.target_delta
         delta = float(delta_cfg) if delta_cfg is not None else default_delta(n_subjects)
         path = Path(state_path) if state_path is not None else None
-        if path is not None and path.is_file():
+        source = path if path is not None and path.is_file() else None
+        if source is None and initial_state is not None and Path(initial_state).is_file():
+            source = Path(initial_state)
+        if source is not None:
             ledger = SiteAccountant.load(
-                path, accountant=p.accountant, delta=delta, target_epsilon=epsilon
+                source, accountant=p.accountant, delta=delta, target_epsilon=epsilon
             )
+            ledger.state_path = path
         else:
             ledger = SiteAccountant(
                 accountant=p.accountant, delta=delta, target_epsilon=epsilon, state_path=path
             )
-        return cls(cfg, ledger, n_subjects=n_subjects, rounds=rounds, site=site)
+        return cls(
+            cfg,
+            ledger,
+            n_subjects=n_subjects,
+            rounds=rounds,
+            site=site,
+            local_total_steps=local_total_steps,
+        )
 
     # --- planning ----------------------------------------------------------------------------
     def _batch_size(self, stage: str) -> int:
@@ -152,11 +184,14 @@ class SitePrivacy:
         plan = [self._segment(stage, self.noise_multiplier(stage, start_step), n_opt)]
         return check_budget(self.ledger, plan, where=self.site)
 
-    def engine(self, stage: str, *, start_step: int = 0, seed: int | None = None) -> SubjectDP:
+    def _generator(self, offset: int, device: torch.device | str = "cpu") -> torch.Generator:
+        seed = secrets.randbits(63) if self.seed is None else self.seed + offset
+        return torch.Generator(device=device).manual_seed(seed)
+
+    def engine(
+        self, stage: str, *, start_step: int = 0, device: torch.device | str = "cpu"
+    ) -> SubjectDP:
         """The DP machinery for ``stage`` (sampler, optimizer wrapping, per-subject gradients)."""
-        generator = None
-        if seed is not None:
-            generator = torch.Generator().manual_seed(seed)
         return SubjectDP(
             stage=stage,
             ledger=self.ledger,
@@ -164,8 +199,47 @@ class SitePrivacy:
             batch_size=self._batch_size(stage),
             noise_multiplier=self.noise_multiplier(stage, start_step),
             max_grad_norm=self.cfg.privacy.max_grad_norm,
-            generator=generator,
+            generator=self._generator(0),
+            noise_generator=self._generator(1, device),
         )
+
+    # --- the trainer's hooks (StageTrainer calls these) --------------------------------------
+    def attach(self, trainer: StageTrainer) -> None:
+        """Check the models, build this stage's engine and wrap the trainer's optimizers."""
+        if trainer.num_subjects != self.n_subjects:
+            raise ConfigError(
+                f"{self.site}: SitePrivacy was opened for {self.n_subjects} subjects, the "
+                f"trainer has {trainer.num_subjects}; the sample rate would be wrong"
+            )
+        check_trainer_supported(trainer)
+        for name, model in trainer.models.items():
+            check_dp_model(model, name=name)
+        engine = self.engine(trainer.stage, start_step=trainer.global_step, device=trainer.device)
+        for name, optimizer in list(trainer.optimizers.items()):
+            trainer.optimizers[name] = engine.wrap(optimizer)
+        self.engines[trainer.stage] = engine
+
+    def before_train(self, trainer: StageTrainer, steps: int) -> None:
+        """Refuse ``steps`` (or, locally, the rest of the run) past the budget, before any step."""
+        if self.local_total_steps is not None:
+            steps = max(steps, self.local_total_steps - trainer.global_step)
+        self.check_round(trainer.stage, steps, trainer.global_step)
+
+    def train_step(self, trainer: StageTrainer) -> dict[str, float]:
+        """One DP step of the trainer's stage (the trainer advances its step counter)."""
+        engine = self.engines[trainer.stage]
+        if trainer.stage == "autoencoder":
+            return autoencoder_step(trainer, engine)
+        return diffusion_step(trainer, engine)
+
+    def after_train(self, trainer: StageTrainer) -> dict[str, float]:
+        """Save the ledger; return ``{"epsilon", "delta"}`` for the round's metrics."""
+        self.save()
+        return self.metrics()
+
+    def checkpoint_meta(self) -> dict[str, object]:
+        """What a checkpoint's ``meta.json`` records about privacy (the privacy.json content)."""
+        return self.ledger.report()
 
     # --- reporting ---------------------------------------------------------------------------
     def metrics(self) -> dict[str, float]:

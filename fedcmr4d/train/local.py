@@ -122,6 +122,9 @@ def train_local(
     def checkpoint(metrics: dict[str, float] | None = None) -> None:
         weights = {**trainer.get_weights(), **trainer.ema_weights()}
         meta = {**meta_base, "step": trainer.global_step}
+        privacy_meta = getattr(privacy, "checkpoint_meta", None)
+        if privacy_meta is not None:  # ε, δ and segments spent so far (fedcmr4d.privacy)
+            meta["privacy"] = privacy_meta()
         if metrics is not None:
             meta["holdout_metrics"] = metrics
         save_checkpoint(out, stage=stage, cfg=cfg, weights=weights, meta=meta)

@@ -301,9 +301,14 @@ class StageTrainer:
             total = total + ae_cfg.perceptual_weight * losses["perceptual"]
         if adversarial:
             disc = self.models["discriminator"]
-            disc.requires_grad_(False)
+            # Under DP this runs inside torch.func transforms, which differentiate only the
+            # generator's parameters and forbid requires_grad_; the DP step freezes D itself.
+            toggle = self.privacy is None
+            if toggle:
+                disc.requires_grad_(False)
             logits = disc(out.reconstruction)
-            disc.requires_grad_(True)
+            if toggle:
+                disc.requires_grad_(True)
             losses["adv_g"] = generator_adversarial_loss(logits, ae_cfg.adversarial_loss)
             total = total + ae_cfg.adversarial_weight * losses["adv_g"]
         losses["loss"] = total
@@ -334,6 +339,11 @@ class StageTrainer:
 
     def train_step(self) -> dict[str, float]:
         """One optimizer step (``grad_accumulation`` batches); returns this step's losses."""
+        dp_step = getattr(self.privacy, "train_step", None)
+        if dp_step is not None:  # DP-SGD: per-subject clipping and noise (fedcmr4d.privacy)
+            dp_metrics: dict[str, float] = dp_step(self)
+            self.global_step += 1
+            return dp_metrics
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=True)
         accum = self.train_cfg.grad_accumulation
@@ -372,6 +382,9 @@ class StageTrainer:
         """Run ``steps`` optimizer steps; mean losses + "num-examples" (training subjects)."""
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
+        before_train = getattr(self.privacy, "before_train", None)
+        if before_train is not None:  # raises BudgetExhaustedError before any step runs
+            before_train(self, steps)
         for model in self.models.values():
             model.train()
         sums: dict[str, float] = {}
@@ -387,6 +400,9 @@ class StageTrainer:
                     live.update(task, advance=1, description=f"{self.stage} {shown}")
         result = {key: value / max(steps, 1) for key, value in sums.items()}
         result["num-examples"] = float(self.num_subjects)
+        after_train = getattr(self.privacy, "after_train", None)
+        if after_train is not None:  # saves the site's ledger; adds "epsilon" and "delta"
+            result.update(after_train(self))
         return result
 
     # ----------------------------------------------------------------- EMA
