@@ -135,6 +135,14 @@ class FederationConfig(_Strict):
     min_nodes: int = Field(1, ge=1)
     fraction_train: float = Field(1.0, gt=0, le=1)
     max_update_norm_ratio: float = Field(10.0, gt=1, description="reject updates this far out")
+    server_lr: float = Field(0.01, gt=0, description="FedAdam server learning rate (eta)")
+    trimmed_beta: float = Field(0.2, ge=0, lt=0.5, description="FedTrimmedAvg cut per side")
+    krum_malicious: int = Field(0, ge=0, description="Krum: sites assumed malicious")
+    central_dp: Literal["off", "fixed", "adaptive"] = Field(
+        "off", description="server-side clipping + noise of site updates (site-level DP)"
+    )
+    central_dp_noise_multiplier: float = Field(0.1, ge=0)
+    central_dp_clipping_norm: float = Field(1.0, gt=0, description="fixed / initial clip norm")
 
 
 class AuditConfig(_Strict):

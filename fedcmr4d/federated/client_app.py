@@ -1,0 +1,69 @@
+"""Flower ClientApp: one site's side of the federation (Message API).
+
+Handlers:
+    ``train``: local steps of the stage named in the message, from the global weights.
+    ``evaluate``: the global model's losses on the site's holdout subjects.
+
+Every message carries ``config`` (stage, the coordinator's resolved YAML config and, in
+simulation, ``cohort-root``/``state-root``) and ``arrays`` (global weights); stage-2 messages
+also carry ``autoencoder`` (the aggregated stage-1 model), with which each site encodes its own
+data to latents locally.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from flwr.app import ConfigRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcmr4d.config import Config, config_from_dict
+from fedcmr4d.errors import ConfigError
+from fedcmr4d.federated import site as site_ops
+from fedcmr4d.federated.records import metrics_to_record, record_to_weights, weights_to_record
+from fedcmr4d.federated.settings import TRAIN_STAGES, SiteSettings
+
+app = ClientApp()
+
+
+def _job(msg: Message, context: Context) -> tuple[str, Config, SiteSettings, Any]:
+    """Stage, site-adjusted config, site settings and stage-1 weights of a message."""
+    config = msg.content.config_records["config"]
+    stage = str(config["stage"])
+    if stage not in TRAIN_STAGES:
+        raise ConfigError(f"message config: unknown stage {stage!r}")
+    cfg = config_from_dict(yaml.safe_load(str(config["config-yaml"])), "coordinator config")
+    site = SiteSettings.resolve(dict(context.node_config), dict(config))
+    autoencoder = None
+    if "autoencoder" in msg.content.array_records:
+        autoencoder = record_to_weights(msg.content.array_records["autoencoder"])
+    return stage, site.apply(cfg), site, autoencoder
+
+
+def _reply(msg: Message, site: SiteSettings, **records: Any) -> Message:
+    content = RecordDict({**records, "site": ConfigRecord({"name": site.name})})
+    return Message(content, reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train locally from the global weights and send back weights and metrics."""
+    stage, cfg, site, autoencoder = _job(msg, context)
+    global_weights = record_to_weights(msg.content.array_records["arrays"])
+    config = msg.content.config_records["config"]
+    rounds = {
+        "autoencoder": int(config["rounds-autoencoder"]),  # type: ignore[arg-type]
+        "diffusion": int(config["rounds-diffusion"]),  # type: ignore[arg-type]
+    }
+    weights, metrics = site_ops.train_round(stage, cfg, site, global_weights, autoencoder, rounds)
+    return _reply(msg, site, arrays=weights_to_record(weights), metrics=metrics_to_record(metrics))
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the global weights on this site's holdout subjects."""
+    stage, cfg, site, autoencoder = _job(msg, context)
+    global_weights = record_to_weights(msg.content.array_records["arrays"])
+    metrics = site_ops.evaluate_round(stage, cfg, site, global_weights, autoencoder)
+    return _reply(msg, site, metrics=metrics_to_record(metrics))

@@ -1,0 +1,147 @@
+"""What a site does for one federated message, as plain torch code (no Flower here).
+
+The ClientApp (``client_app.py``) turns Flower messages into calls of these functions. Each call
+builds a :class:`~fedcmr4d.train.trainer.StageTrainer` on the site's own cohort with the
+coordinator's config (plus the site's own device, holdout fraction and DP budget), loads the
+global weights, and returns weights or metrics. Only parameters and numbers leave the site.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedcmr4d.config import Config
+from fedcmr4d.data.cohort import open_cohort
+from fedcmr4d.errors import InputError
+from fedcmr4d.federated.settings import SiteSettings
+from fedcmr4d.train.local import split_subjects
+
+Weights = dict[str, torch.Tensor]
+
+
+def site_subjects(site: SiteSettings, cfg: Config) -> tuple[list[str], list[str]]:
+    """Train and holdout ids: the same seeded split as ``fedcmr4d train`` (every round)."""
+    if not Path(site.cohort).is_dir():
+        raise InputError(f"{site.cohort}: site {site.name}'s cohort folder does not exist")
+    cohort = open_cohort(site.cohort)
+    return split_subjects(list(cohort.subject_ids), cfg.data.holdout_fraction, cfg.seed)
+
+
+def open_privacy(
+    stage: str, cfg: Config, site: SiteSettings, n_subjects: int, rounds: dict[str, int]
+) -> Any:
+    """The site's DP ledger and budget (None without ``privacy.enabled``).
+
+    The ledger lives in ``<state-dir>/privacy-ledger.json``, so ε accumulates across rounds and
+    stages at this site, whatever the coordinator does.
+    """
+    if not cfg.privacy.enabled:
+        return None
+    from fedcmr4d.privacy.site import SitePrivacy
+
+    site.state_dir.mkdir(parents=True, exist_ok=True)
+    return SitePrivacy.open(
+        cfg,
+        n_subjects,
+        state_path=site.state_dir / "privacy-ledger.json",
+        rounds=rounds,
+        site=site.name,
+        target_epsilon=site.target_epsilon,
+        target_delta=site.target_delta,
+    )
+
+
+def make_trainer(
+    stage: str,
+    cfg: Config,
+    site: SiteSettings,
+    subject_ids: list[str],
+    autoencoder: Weights | None,
+    privacy: Any = None,
+) -> Any:
+    """A StageTrainer for this site (imported lazily: it pulls in MONAI and Opacus)."""
+    from fedcmr4d.train.trainer import StageTrainer
+
+    return StageTrainer(
+        stage,  # type: ignore[arg-type]
+        cfg,
+        site.cohort,
+        device=cfg.train.device,
+        subject_ids=subject_ids,
+        autoencoder_weights=autoencoder,
+        privacy=privacy,
+    )
+
+
+def corrupt(weights: Weights, mode: str) -> Weights:
+    """TESTS ONLY: spoil an update the way a faulty or hostile site might.
+
+    ``nan`` puts a NaN in the first tensor, ``shape`` drops the last element of the first tensor,
+    ``norm`` adds 1e6 to every parameter. Enabled by the run config ``test-corrupt`` or the node
+    config ``test-corrupt``; it exists so tests can check the coordinator's update checks.
+    """
+    out = {k: v.clone() for k, v in weights.items()}
+    first = next(iter(out))
+    if mode == "nan":
+        out[first].view(-1)[0] = float("nan")
+    elif mode == "shape":
+        out[first] = out[first].reshape(-1)[:-1].clone()
+    elif mode == "norm":
+        out = {k: v + 1e6 if v.is_floating_point() else v for k, v in out.items()}
+    return out
+
+
+def train_round(
+    stage: str,
+    cfg: Config,
+    site: SiteSettings,
+    global_weights: Weights,
+    autoencoder: Weights | None,
+    rounds: dict[str, int],
+) -> tuple[Weights, dict[str, float]]:
+    """Local steps from the global weights on this site's training subjects.
+
+    Args:
+        rounds: the coordinator's planned rounds per stage (the DP plan needs them).
+
+    Returns:
+        The updated weights and the trainer's metrics (``num-examples`` included, and
+        ``epsilon``/``delta`` under DP).
+
+    Raises:
+        BudgetExhaustedError: this round would pass the site's privacy budget (nothing is sent).
+    """
+    train_ids, _ = site_subjects(site, cfg)
+    privacy = open_privacy(stage, cfg, site, len(train_ids), rounds)
+    trainer = make_trainer(stage, cfg, site, train_ids, autoencoder, privacy)
+    trainer.set_weights(global_weights)
+    steps = cfg.train.autoencoder.steps if stage == "autoencoder" else cfg.train.diffusion.steps
+    metrics = dict(trainer.train(steps))
+    if privacy is not None:
+        privacy.save()
+        metrics.update(privacy.metrics())
+    weights = trainer.get_weights()
+    if site.corrupt:
+        weights = corrupt(weights, site.corrupt)
+    return weights, metrics
+
+
+def evaluate_round(
+    stage: str,
+    cfg: Config,
+    site: SiteSettings,
+    global_weights: Weights,
+    autoencoder: Weights | None,
+) -> dict[str, float]:
+    """Losses of the global model on this site's holdout subjects (never trained on)."""
+    train_ids, holdout_ids = site_subjects(site, cfg)
+    if not holdout_ids:
+        return {"num-examples": 0}
+    trainer = make_trainer(stage, cfg, site, train_ids, autoencoder)
+    trainer.set_weights(global_weights)
+    metrics = dict(trainer.evaluate(holdout_ids))
+    metrics.setdefault("num-examples", len(holdout_ids))
+    return metrics

@@ -1,0 +1,151 @@
+"""Build the Flower strategy named in ``federation.strategy``, and save/restore its state.
+
+FedAvg weights sites by ``num-examples``. FedAdam (server-side adaptive optimiser) helps when
+sites differ by vendor; FedProx sends ``proximal-mu`` to the sites. FedTrimmedAvg, FedMedian and
+Krum are robust aggregators. ``federation.central_dp`` wraps any of them in Flower's server-side
+DP wrappers (fixed or adaptive clipping of each site's update, Gaussian noise on the sum): that
+is *site-level* DP, it protects which sites took part, not individual patients (that is the
+sites' Opacus DP-SGD, ``privacy.enabled``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from flwr.app import MetricRecord, RecordDict
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideAdaptiveClipping,
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedMedian,
+    FedProx,
+    FedTrimmedAvg,
+    Krum,
+    Strategy,
+)
+
+from fedcmr4d.config import FederationConfig
+
+WEIGHT_KEY = "num-examples"
+# Metrics that are a budget spent, not a mean: the consortium reports the worst site.
+MAX_METRICS = ("epsilon", "delta")
+SUM_METRICS = (WEIGHT_KEY,)
+
+
+def aggregate_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord:
+    """Weighted mean of losses, sum of examples, maximum of privacy spent (epsilon, delta).
+
+    Args:
+        contents: reply RecordDicts, each with a ``metrics`` MetricRecord.
+        weight_key: the metric that weights the mean (``num-examples``).
+    """
+    records = [c.metric_records["metrics"] for c in contents if "metrics" in c.metric_records]
+    weights = [float(r.get(weight_key, 0.0)) for r in records]  # type: ignore[arg-type]
+    total = sum(weights) or 1.0
+    keys = sorted({k for r in records for k in r})
+    out: dict[str, float] = {}
+    for key in keys:
+        values = [(float(r[key]), w) for r, w in zip(records, weights, strict=True) if key in r]  # type: ignore[arg-type]
+        if key in MAX_METRICS:
+            out[key] = max(v for v, _ in values)
+        elif key in SUM_METRICS:
+            out[key] = sum(v for v, _ in values)
+        else:
+            out[key] = sum(v * w for v, w in values) / total
+    return MetricRecord(out)  # type: ignore[arg-type]
+
+
+def build_strategy(fed: FederationConfig, *, evaluate: bool = False) -> Strategy:
+    """The strategy for one training stage.
+
+    Args:
+        fed: the ``federation`` config section.
+        evaluate: whether to ask sites to evaluate after each round (holdout losses).
+    """
+    common: dict[str, Any] = {
+        "fraction_train": fed.fraction_train,
+        "fraction_evaluate": 1.0 if evaluate else 0.0,
+        "min_train_nodes": fed.min_nodes,
+        "min_evaluate_nodes": fed.min_nodes,
+        "min_available_nodes": fed.min_nodes,
+        "weighted_by_key": WEIGHT_KEY,
+        "train_metrics_aggr_fn": aggregate_metrics,
+        "evaluate_metrics_aggr_fn": aggregate_metrics,
+    }
+    makers: dict[str, Callable[[], Strategy]] = {
+        "fedavg": lambda: FedAvg(**common),
+        "fedadam": lambda: FedAdam(**common, eta=fed.server_lr, eta_l=fed.server_lr),
+        "fedprox": lambda: FedProx(**common, proximal_mu=fed.proximal_mu),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=fed.trimmed_beta),
+        "fedmedian": lambda: FedMedian(**common),
+        "krum": lambda: Krum(**common, num_malicious_nodes=fed.krum_malicious),
+    }
+    strategy = makers[fed.strategy]()
+    if fed.central_dp == "fixed":
+        return DifferentialPrivacyServerSideFixedClipping(
+            strategy,
+            noise_multiplier=fed.central_dp_noise_multiplier,
+            clipping_norm=fed.central_dp_clipping_norm,
+            num_sampled_clients=fed.min_nodes,
+        )
+    if fed.central_dp == "adaptive":
+        return DifferentialPrivacyServerSideAdaptiveClipping(
+            strategy,
+            noise_multiplier=fed.central_dp_noise_multiplier,
+            num_sampled_clients=fed.min_nodes,
+            initial_clipping_norm=fed.central_dp_clipping_norm,
+            # Flower needs the clipped-count noise above half the noise multiplier; its default
+            # (sites / 20) is too low for small consortia.
+            clipped_count_stddev=max(fed.min_nodes / 20, fed.central_dp_noise_multiplier),
+        )
+    return strategy
+
+
+# Attributes that carry a strategy's memory between rounds: FedOpt moments, the adaptive
+# clipping norm. Everything else is rebuilt from the config.
+_ARRAY_STATE = ("m_t", "v_t")
+_SCALAR_STATE = ("clipping_norm",)
+
+
+def _layers(strategy: Strategy) -> list[tuple[str, Strategy]]:
+    layers = [("outer", strategy)]
+    inner = getattr(strategy, "strategy", None)
+    if isinstance(inner, Strategy):
+        layers.append(("inner", inner))
+    return layers
+
+
+def strategy_state(strategy: Strategy) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Arrays (``<layer>/<attr>/<param>``) and scalars that resume a strategy mid-stage."""
+    arrays: dict[str, np.ndarray] = {}
+    scalars: dict[str, float] = {}
+    for layer, obj in _layers(strategy):
+        for attr in _ARRAY_STATE:
+            value = getattr(obj, attr, None)
+            if isinstance(value, dict):
+                for name, array in value.items():
+                    arrays[f"{layer}/{attr}/{name}"] = np.asarray(array)
+        for attr in _SCALAR_STATE:
+            value = getattr(obj, attr, None)
+            if isinstance(value, int | float):
+                scalars[f"{layer}/{attr}"] = float(value)
+    return arrays, scalars
+
+
+def restore_strategy_state(
+    strategy: Strategy, arrays: dict[str, np.ndarray], scalars: dict[str, float]
+) -> None:
+    """Put back what :func:`strategy_state` saved (same config, same layers)."""
+    for layer, obj in _layers(strategy):
+        for attr in _ARRAY_STATE:
+            prefix = f"{layer}/{attr}/"
+            part = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+            if part:
+                setattr(obj, attr, part)
+        for attr in _SCALAR_STATE:
+            key = f"{layer}/{attr}"
+            if key in scalars:
+                setattr(obj, attr, scalars[key])
