@@ -1,0 +1,113 @@
+"""Real Flower Simulation Engine + real trainer: both stages, bad sites, crash and resume.
+
+Each test starts Ray and real ClientApps (about 40-60 s on 2 cores), hence ``slow``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from fedcmr4d.federated.server_app import SimulatedCrash
+from fedcmr4d.federated.settings import RunSettings
+from fedcmr4d.federated.simulation import run_simulated_federation, simulation_backend
+from fedcmr4d.federated.state import load_snapshot
+from fedcmr4d.train.checkpoint import load_checkpoint
+
+BACKEND = simulation_backend(num_cpus=1, total_cpus=2)
+
+
+def _settings(tmp_path: Path, cohorts: Path, **kw: object) -> RunSettings:
+    return RunSettings(
+        config="tiny",
+        out_dir=str(tmp_path / "out"),
+        cohort_root=str(cohorts),
+        state_root=str(tmp_path / "site-state"),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.slow
+def test_two_sites_one_round_of_each_stage(tmp_path: Path, two_sites: Path) -> None:
+    settings = _settings(tmp_path, two_sites, rounds_autoencoder=1, rounds_diffusion=1)
+    lines: list[str] = []
+    state = run_simulated_federation(settings, progress=lines.append, backend_config=BACKEND)
+
+    assert state.completed_stages == ["autoencoder", "diffusion"]
+    assert [(r["stage"], r["round"]) for r in state.history] == [
+        ("autoencoder", 1),
+        ("diffusion", 1),
+    ]
+    for row in state.history:
+        assert row["sites_accepted"] == 2 and row["rejected"] == []
+        assert row["train"]["num-examples"] == 4  # 2 sites x 2 training subjects
+        assert row["bytes_from_sites"] >= 2 * row["model_bytes"] > 0
+    # stage-2 messages also carry the stage-1 autoencoder to every site
+    ae_row, dm_row = state.history
+    assert dm_row["bytes_to_sites"] == 2 * (dm_row["model_bytes"] + ae_row["model_bytes"])
+
+    out = Path(settings.out_dir)
+    autoencoder = load_checkpoint(out / "autoencoder")
+    diffusion = load_checkpoint(out / "diffusion")
+    assert autoencoder.stage == "autoencoder" and diffusion.stage == "diffusion"
+    assert diffusion.meta["autoencoder_checkpoint"] == str((out / "autoencoder").resolve())
+    assert len(diffusion.meta["sites"]) == 2
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    assert (out / "metrics.csv").read_text().count("\n") == 3
+    assert (out / "metrics.png").stat().st_size > 1000
+    evaluation = json.loads((out / "autoencoder-evaluation.json").read_text())
+    assert len(evaluation["sites"]) == 2 and "psnr" in evaluation["mean"]
+    assert any("diffusion round 1/1: 2/2 sites accepted" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_nan_wrong_shape_and_huge_norm_sites_are_rejected(
+    tmp_path: Path, site_maker: Callable[..., Path]
+) -> None:
+    cohorts = site_maker(tmp_path, "ABCA", subjects=2)
+    settings = _settings(
+        tmp_path,
+        cohorts,
+        stages="autoencoder",
+        rounds_autoencoder=1,
+        overrides="train.autoencoder.steps=1",
+        test_corrupt="0:nan,1:shape,2:norm",
+    )
+    state = run_simulated_federation(settings, backend_config=BACKEND)
+
+    (row,) = state.history
+    assert row["sites_replied"] == 4 and row["sites_accepted"] == 1
+    assert [name.split(" ")[0] for name in row["accepted"]] == ["site-3-A"]
+    reasons = {r["site"].split(" ")[0]: r["reason"] for r in row["rejected"]}
+    assert "NaN or Inf" in reasons["site-0-A"]
+    assert "expected (" in reasons["site-1-B"]  # wrong shape
+    assert "over 10 x the median" in reasons["site-2-C"]
+    assert state.completed_stages == ["autoencoder"]  # the round completed with the good site
+
+
+@pytest.mark.slow
+def test_crash_after_round_one_then_resume_runs_the_rest_once(
+    tmp_path: Path, two_sites: Path
+) -> None:
+    common = {
+        "stages": "autoencoder",
+        "rounds_autoencoder": 3,
+        "overrides": "federation.strategy=fedadam;train.autoencoder.steps=1",
+    }
+    crashing = _settings(tmp_path, two_sites, test_halt_after_round=1, **common)
+    with pytest.raises(SimulatedCrash):
+        run_simulated_federation(crashing, backend_config=BACKEND)
+    halted = load_snapshot(Path(crashing.out_dir))
+    assert halted is not None and halted.state.round == 1
+    assert set(k.split("/")[1] for k in halted.strategy_arrays) == {"m_t", "v_t"}
+
+    resumed = _settings(tmp_path, two_sites, resume=True, **common)
+    state = run_simulated_federation(resumed, backend_config=BACKEND)
+    assert [r["round"] for r in state.history] == [1, 2, 3]
+    lines = (Path(resumed.out_dir) / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["round"] for line in lines] == [1, 2, 3]
+    assert load_checkpoint(Path(resumed.out_dir) / "autoencoder").meta["round"] == 3
