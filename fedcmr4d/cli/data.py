@@ -115,7 +115,9 @@ def preprocess(
 
         def on_subject(subject_id: str, error: str | None) -> None:
             if error is not None:
-                bar.console.print(f"[red]rejected[/] {subject_id}: {error}", highlight=False)
+                bar.console.print(
+                    f"[red]rejected[/] {subject_id}: {error}", highlight=False, soft_wrap=True
+                )
             bar.update(task, advance=1, current=subject_id)
 
         report = preprocess_folder(

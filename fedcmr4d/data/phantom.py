@@ -238,6 +238,55 @@ def _bias_field(params: PhantomParams, x: np.ndarray, y: np.ndarray, z: np.ndarr
     return 1.0 + b[0] * u + b[1] * v + b[2] * u * v + b[3] * (u**2 - v**2) + b[4] * w + b[5] * u * w
 
 
+@dataclass
+class _HeartVoxels:
+    """Flattened heart-frame coordinates, static image and bias of the voxels near the heart."""
+
+    hx: np.ndarray
+    hy: np.ndarray
+    z: np.ndarray
+    static: np.ndarray
+    bias: np.ndarray
+
+
+def _render_heart(
+    params: PhantomParams, v: _HeartVoxels, phase: float, width: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Image (biased, no noise) and exact labels of the voxels near the heart at one phase."""
+    c = params.contrast
+    k, kz, k_rv = _scales(params, phase)
+    a0, b0 = params.lv_radii
+    a, b = a0 * k, b0 * k
+    c_len = (params.apex_z - params.base_z) * kz
+    dz = v.z - params.base_z
+    below = dz >= 0
+    cav_q = (v.hx / a) ** 2 + (v.hy / b) ** 2 + (dz / c_len) ** 2
+    ring_a = np.sqrt(a**2 + (a0 + params.wall) ** 2 - a0**2)
+    ring_b = np.sqrt(b**2 + (b0 + params.wall) ** 2 - b0**2)
+    epi_q = (v.hx / ring_a) ** 2 + (v.hy / ring_b) ** 2 + (dz / (c_len + params.wall)) ** 2
+    rv_q = (
+        ((v.hx + params.rv_offset) / (params.rv_radii[0] * k_rv)) ** 2  # RV at -x of the LV
+        + (v.hy / (params.rv_radii[1] * k_rv)) ** 2
+        + (dz / (params.rv_length * kz)) ** 2
+    )
+    la_q = (v.hx / a0) ** 2 + (v.hy / b0) ** 2 + ((dz + 0.35 * c_len) / (0.35 * c_len)) ** 2
+    labels = np.zeros(v.hx.shape, dtype=np.uint8)
+    epi_l = below & (epi_q <= 1)
+    labels[below & (rv_q <= 1) & ~epi_l] = LABEL_RV
+    labels[epi_l] = LABEL_MYO
+    labels[below & (cav_q <= 1)] = LABEL_LV
+    zsoft = np.clip(0.5 + dz / width, 0.0, 1.0)
+    epi = _soft(epi_q, min(ring_a, ring_b), width) * zsoft
+    cav = _soft(cav_q, min(a, b), width) * zsoft
+    rv = _soft(rv_q, params.rv_radii[0] * k_rv, width) * zsoft * (1.0 - epi)
+    la = _soft(la_q, min(a0, b0), width) * (1.0 - zsoft)
+    img = v.static * (1.0 - epi) + c["myo"] * epi
+    img = img * (1.0 - cav) + c["blood"] * cav
+    img = img * (1.0 - rv) + c["blood"] * rv
+    img = img * (1.0 - la) + c["blood"] * la
+    return (img * v.bias).astype(np.float32), labels
+
+
 def render_phantom(
     params: PhantomParams,
     affine: np.ndarray,
@@ -269,52 +318,38 @@ def render_phantom(
     x, y, z = _heart_coords(params, affine, shape)
     static = _static_anatomy(params, x, y, z, width)
     hx, hy = _rotate(x, y, params.lv_center, params.rotation)
-    bias = _bias_field(params, x, y, z)
-    c = params.contrast
+    base_image = (static * _bias_field(params, x, y, z)).astype(np.float32).ravel()
+    # The beating parts are evaluated only within a cylinder around the LV axis.
+    reach = 2.0 * width + max(
+        params.rv_offset + params.rv_radii[0],
+        params.rv_radii[1],
+        max(params.lv_radii) + params.wall,
+    )
+    near = np.flatnonzero((hx**2 + hy**2 <= reach**2).ravel())
+    heart = _HeartVoxels(
+        hx.ravel()[near],
+        hy.ravel()[near],
+        z.ravel()[near],
+        static.ravel()[near],
+        _bias_field(params, x, y, z).ravel()[near],
+    )
     cine = np.empty((*shape, frames), dtype=np.float32)
     labels = np.zeros((*shape, frames), dtype=np.uint8)
     rng = np.random.default_rng([params.seed, 7])
-    a0, b0 = params.lv_radii
-    rv_dx = hx + params.rv_offset  # RV sits at -x of the LV in the heart frame
+    n_voxels = int(np.prod(shape))
     for t, phase in enumerate(frame_phases(params, frames)):
-        k, kz, k_rv = _scales(params, float(phase))
-        a, b = a0 * k, b0 * k
-        c_len = (params.apex_z - params.base_z) * kz
-        base = params.base_z
-        below = z >= base
-        zq = ((z - base) / c_len) ** 2
-        cav_q = (hx / a) ** 2 + (hy / b) ** 2 + zq
-        ring_a = np.sqrt(a**2 + (a0 + params.wall) ** 2 - a0**2)
-        ring_b = np.sqrt(b**2 + (b0 + params.wall) ** 2 - b0**2)
-        epi_q = (hx / ring_a) ** 2 + (hy / ring_b) ** 2 + ((z - base) / (c_len + params.wall)) ** 2
-        rv_len = params.rv_length * kz
-        rv_q = (
-            (rv_dx / (params.rv_radii[0] * k_rv)) ** 2
-            + (hy / (params.rv_radii[1] * k_rv)) ** 2
-            + ((z - base) / rv_len) ** 2
-        )
-        la_q = (hx / a0) ** 2 + (hy / b0) ** 2 + ((z - base + 0.35 * c_len) / (0.35 * c_len)) ** 2
-        cav_l, epi_l, rv_l = below & (cav_q <= 1), below & (epi_q <= 1), below & (rv_q <= 1)
-        lab = labels[..., t]
-        lab[rv_l & ~epi_l] = LABEL_RV
-        lab[epi_l] = LABEL_MYO
-        lab[cav_l] = LABEL_LV
-        zsoft = np.clip(0.5 + (z - base) / width, 0.0, 1.0)
-        epi = _soft(epi_q, min(ring_a, ring_b), width) * zsoft
-        cav = _soft(cav_q, min(a, b), width) * zsoft
-        rv = _soft(rv_q, params.rv_radii[0] * k_rv, width) * zsoft * (1.0 - epi)
-        la = _soft(la_q, min(a0, b0), width) * (1.0 - zsoft)
-        img = static * (1.0 - epi) + c["myo"] * epi
-        img = img * (1.0 - cav) + c["blood"] * cav
-        img = img * (1.0 - rv) + c["blood"] * rv
-        img = img * (1.0 - la) + c["blood"] * la
-        img = img * bias
+        img = base_image.copy()
+        heart_image, heart_labels = _render_heart(params, heart, float(phase), width)
+        img[near] = heart_image
+        lab = np.zeros(n_voxels, dtype=np.uint8)
+        lab[near] = heart_labels
+        labels[..., t] = lab.reshape(shape)
         if noise:
-            sigma = c["noise"]
-            real = img + rng.normal(0.0, sigma, img.shape)
-            imag = rng.normal(0.0, sigma, img.shape)
+            sigma = np.float32(params.contrast["noise"])
+            real = img + sigma * rng.standard_normal(n_voxels, dtype=np.float32)
+            imag = sigma * rng.standard_normal(n_voxels, dtype=np.float32)
             img = np.sqrt(real**2 + imag**2)
-        cine[..., t] = np.clip(img, 0.0, 1.0)
+        cine[..., t] = np.clip(img, 0.0, 1.0).reshape(shape)
     return cine, labels
 
 
