@@ -10,8 +10,8 @@ Distances on whole cines (X, Y, Z, T) as flat vectors:
   * normalised L2: ||a - b|| / sqrt((||a||^2 + ||b||^2) / 2)
   * 1 - Pearson correlation
 
-Prints one JSON line; saves a histogram to docs/phantom-nn-distances.png and records a row in
-docs/benchmarks.md (not with --quick).
+Prints one JSON line; saves a histogram to docs/phantom-nn-distances.png, a gallery of subjects
+to docs/phantom-subjects.png and records a row in docs/benchmarks.md (not with --quick).
 
     python -m benchmarks.phantom_distances            # 64 subjects
     python -m benchmarks.phantom_distances --quick    # 12 subjects, no files written
@@ -28,7 +28,9 @@ import numpy as np
 from benchmarks.common import context, emit, peak_rss_gib, record
 from fedcmr4d.data.phantom import make_phantom_subject
 
-FIGURE = Path(__file__).resolve().parent.parent / "docs" / "phantom-nn-distances.png"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+FIGURE = DOCS / "phantom-nn-distances.png"
+GALLERY = DOCS / "phantom-subjects.png"
 NOISE_SIGMA = 0.02
 
 
@@ -84,6 +86,36 @@ def plot(nn: dict[str, np.ndarray], selfd: dict[str, np.ndarray], n: int) -> Non
     plt.close(fig)
 
 
+def gallery(seed: int, n: int = 4) -> None:
+    """ED / ES mid-ventricular slices, a basal and an apical slice, and labels of n subjects."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(n, 5, figsize=(11, 2.3 * n))
+    for row in range(n):
+        subject = make_phantom_subject(f"p{row}", seed * 100_003 + row)
+        assert subject.labels is not None
+        ed, es = subject.meta["ed_frame"], subject.meta["es_frame"]
+        panels = [
+            (subject.cine[:, :, 2, ed], "gray", f"ED, slice 2 (vendor {subject.meta['vendor']})"),
+            (subject.cine[:, :, 2, es], "gray", f"ES, slice 2 (EF {subject.meta['ef_true']:.2f})"),
+            (subject.cine[:, :, 0, ed], "gray", "ED, basal slice 0"),
+            (subject.cine[:, :, 4, ed], "gray", "ED, apical slice 4"),
+            (subject.labels[:, :, 2, ed], "viridis", "labels ED: LV, myo, RV"),
+        ]
+        for ax, (image, cmap, title) in zip(axes[row], panels, strict=True):
+            vmax = 3 if cmap == "viridis" else 1
+            ax.imshow(image.T, cmap=cmap, vmin=0, vmax=vmax, origin="lower")
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.suptitle("Analytic phantom subjects (64 x 64 x 6 x 16, 1 x 1 x 10 mm)")
+    fig.tight_layout()
+    fig.savefig(GALLERY, dpi=90)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--subjects", type=int, default=64)
@@ -123,6 +155,7 @@ def main() -> None:
     if args.quick or args.no_record:
         return
     plot(nn, selfd, n)
+    gallery(args.seed)
     columns = [
         "subjects", "nn_l2_min", "nn_l2_median", "self_l2_max", "nn_corr_min",
         "nn_corr_median", "self_corr_max", "min_nn_over_max_self_l2", "machine", "date",
