@@ -11,10 +11,11 @@ Layout of the public release (``MnM2/``)::
     dataset/001/001_LA_*.nii.gz      long-axis views (not used)
 
 The release gives no ED/ES frame numbers, so they are found by matching the SA_ED / SA_ES
-volumes against every SA_CINE frame (smallest relative RMS difference); a subject whose volume
-matches no frame closely (relative difference > ``MAX_MATCH_DIFF``) is rejected rather than
-given labels on a wrong frame. ``--input`` may be the ``MnM2`` folder (with ``dataset/``), the
-``dataset`` folder, or a single subject folder; the CSV is looked for beside and above it.
+volumes against every SA_CINE frame (smallest RMS difference after z-scoring both, so an
+intensity-rescaled copy still matches); a subject whose volume matches no frame closely
+(difference > ``MAX_MATCH_DIFF``) is rejected rather than given labels on a wrong frame.
+``--input`` may be the ``MnM2`` folder (with ``dataset/``), the ``dataset`` folder, or a single
+subject folder; the CSV is looked for beside and above it.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from fedcmr4d.errors import InputError
 
 MNMS2_TO_COHORT = {0: 0, 1: LABEL_LV, 2: LABEL_MYO, 3: LABEL_RV}
 INFO_CSV = "dataset_information.csv"
-MAX_MATCH_DIFF = 0.05
+MAX_MATCH_DIFF = 0.1  # z-scored RMS difference; 0.1 is a correlation of 0.995
 
 
 def read_information_csv(path: Path) -> dict[str, dict[str, str]]:
@@ -63,13 +64,20 @@ def read_information_csv(path: Path) -> dict[str, dict[str, str]]:
 
 
 def match_frame(volume: Volume, cine: Volume) -> tuple[int, float]:
-    """(frame index, relative RMS difference) of the cine frame closest to a 3D volume."""
-    ref = volume.data.astype(np.float64)
-    norm = float(np.sqrt((ref**2).sum())) or 1.0
-    diffs = [
-        float(np.sqrt(((cine.data[..., t] - ref) ** 2).sum())) / norm
-        for t in range(cine.data.shape[3])
-    ]
+    """(frame index, difference) of the cine frame closest to a 3D volume.
+
+    The difference is the RMS difference of the two after z-scoring each, sqrt(2 (1 - r)) with
+    r the Pearson correlation: 0 for an exact or linearly rescaled copy, about 1.4 for
+    unrelated images.
+    """
+    ref = volume.data.astype(np.float64).ravel()
+    ref = (ref - ref.mean()) / (ref.std() or 1.0)
+    diffs = []
+    for t in range(cine.data.shape[3]):
+        frame = cine.data[..., t].astype(np.float64).ravel()
+        frame = (frame - frame.mean()) / (frame.std() or 1.0)
+        r = float(np.dot(ref, frame)) / ref.size
+        diffs.append(float(np.sqrt(max(2.0 * (1.0 - r), 0.0))))
     best = int(np.argmin(diffs))
     return best, diffs[best]
 
@@ -90,7 +98,7 @@ def _phase(
     if diff > MAX_MATCH_DIFF:
         raise InputError(
             f"{image_path}: matches no frame of {cine.path.name} (best frame {frame}, "
-            f"relative difference {diff:.3f} > {MAX_MATCH_DIFF})"
+            f"z-scored RMS difference {diff:.3f} > {MAX_MATCH_DIFF})"
         )
     meta[f"{phase.lower()}_match_diff"] = round(diff, 6)
     if not gt_path.exists():
