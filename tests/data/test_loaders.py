@@ -143,3 +143,14 @@ def test_truncated_gzip_is_named(tmp_path: Path) -> None:
     bad.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match="cut.nii.gz"):
         read_volume(bad, 4)
+
+
+def test_mnms2_rescaled_ed_volume_still_matches(tmp_path: Path) -> None:
+    folder, params, _ = write_mnms2_subject(tmp_path, 4, 8, SMALL, ed_phase=0.5)
+    ed, _ = ed_es_frames(params, SMALL.frames)
+    ed_path = folder / "004_SA_ED.nii.gz"
+    image = nib.load(ed_path)
+    rescaled = np.asarray(image.dataobj).astype(np.float32) * 0.5 + 20.0
+    nib.save(nib.Nifti1Image(rescaled, image.affine), ed_path)
+    subject = find_mnms2_subjects(tmp_path)[0].load()
+    assert subject.meta["ed_frame"] == ed and subject.meta["ed_match_diff"] < 1e-3
