@@ -103,6 +103,7 @@ class SitePrivacy:
         target_delta: float | None = None,
         initial_state: str | Path | None = None,
         local_total_steps: int | None = None,
+        seed: int | None = None,
     ) -> SitePrivacy:
         """Load the site's ledger from ``state_path`` if it exists, else start a new one.
 
@@ -134,6 +135,7 @@ class SitePrivacy:
             rounds=rounds,
             site=site,
             local_total_steps=local_total_steps,
+            seed=seed,
         )
 
     # --- planning ----------------------------------------------------------------------------
