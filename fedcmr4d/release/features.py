@@ -134,10 +134,11 @@ def represent_cine(
 
 def _normalise(rep: np.ndarray) -> np.ndarray:
     low, high = np.percentile(rep, [1.0, 99.0])
+    if high - low <= 1e-6 * max(1.0, abs(float(high))):
+        return np.zeros_like(rep, dtype=np.float32)  # (nearly) constant: no pattern to match
     rep = np.clip(rep, low, high)
     rep = rep - rep.mean()
-    norm = float(np.linalg.norm(rep))
-    return (rep / norm).astype(np.float32) if norm > 1e-12 else np.zeros_like(rep)
+    return (rep / np.linalg.norm(rep)).astype(np.float32)
 
 
 def represent_subject(subject: Subject, grid: AuditGrid) -> np.ndarray:
