@@ -360,13 +360,15 @@ class Coordinator:
         config: ConfigRecord,
         ae_record: ArrayRecord | None,
     ) -> None:
-        evaluation = evaluate_stage(
-            self.grid,
-            arrays=arrays,
-            config=config,
-            autoencoder=ae_record,
-            timeout=self.settings.round_timeout,
-        )
+        evaluation: dict[str, Any] = {"sites": {}, "mean": {}, "num-examples": 0}
+        if self.settings.evaluate:
+            evaluation = evaluate_stage(
+                self.grid,
+                arrays=arrays,
+                config=config,
+                autoencoder=ae_record,
+                timeout=self.settings.round_timeout,
+            )
         write_json(self.out / f"{stage}-evaluation.json", evaluation)
         save_stage_checkpoint(self.out / stage, stage, self.cfg, arrays, state, evaluation)
         self.progress(f"{stage}: done; holdout {evaluation['mean']}; checkpoint {self.out / stage}")

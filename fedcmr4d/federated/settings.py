@@ -17,6 +17,7 @@ key                          meaning
 ``out-dir``                  coordinator folder: checkpoints, ``metrics.jsonl``/CSV/PNG
 ``resume``                   continue from the last checkpoint in ``out-dir``
 ``round-timeout``            seconds to wait for replies in one round
+``evaluate``                 after each stage, ask every site for holdout metrics of the result
 ``cohort-root``              simulation only: one cohort folder per site, sorted by name
 ``state-root``               simulation only: per-site state folders are created under it
 ``test-corrupt``             TESTS ONLY: ``"<partition-id>:nan|shape|norm"`` items, comma-
@@ -70,6 +71,7 @@ class RunSettings:
     out_dir: str = "runs/federated"
     resume: bool = False
     round_timeout: float = 3600.0
+    evaluate: bool = True
     cohort_root: str = ""
     state_root: str = ""
     test_corrupt: str = ""

@@ -76,6 +76,7 @@ def test_nan_wrong_shape_and_huge_norm_sites_are_rejected(
         rounds_autoencoder=1,
         overrides="train.autoencoder.steps=1",
         test_corrupt="0:nan,1:shape,2:norm",
+        evaluate=False,
     )
     state = run_simulated_federation(settings, backend_config=BACKEND)
 
@@ -97,6 +98,7 @@ def test_crash_after_round_one_then_resume_runs_the_rest_once(
         "stages": "autoencoder",
         "rounds_autoencoder": 3,
         "overrides": "federation.strategy=fedadam;train.autoencoder.steps=1",
+        "evaluate": False,
     }
     crashing = _settings(tmp_path, two_sites, test_halt_after_round=1, **common)
     with pytest.raises(SimulatedCrash):
