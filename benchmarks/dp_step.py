@@ -33,9 +33,11 @@ def _seconds_per_step(trainer: StageTrainer, steps: int) -> tuple[float, float]:
     times, sizes = [], []
     for _ in range(steps):
         t0 = time.perf_counter()
-        metrics = trainer.train_step()
+        trainer.train_step()
         times.append(time.perf_counter() - t0)
-        sizes.append(metrics.get("batch_subjects", float(trainer.train_cfg.batch_size)))
+        engines = getattr(trainer.privacy, "engines", {})
+        engine = engines.get(trainer.stage)
+        sizes.append(engine.last_batch_size if engine else trainer.train_cfg.batch_size)
     return statistics.mean(times), statistics.mean(sizes)
 
 

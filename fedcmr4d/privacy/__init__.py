@@ -13,7 +13,7 @@ from fedcmr4d.privacy.accounting import PRIVACY_FILE, Segment, SiteAccountant, d
 from fedcmr4d.privacy.budget import check_budget, derive_noise_multiplier
 from fedcmr4d.privacy.engine import PoissonSubjectSampler, SubjectDP, per_subject_gradients
 from fedcmr4d.privacy.guards import check_dp_model
-from fedcmr4d.privacy.site import SitePrivacy
+from fedcmr4d.privacy.site import SitePrivacy, releasable_metrics
 
 __all__ = [
     "PRIVACY_FILE",
@@ -27,4 +27,5 @@ __all__ = [
     "default_delta",
     "derive_noise_multiplier",
     "per_subject_gradients",
+    "releasable_metrics",
 ]

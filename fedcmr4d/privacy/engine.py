@@ -183,6 +183,7 @@ class SubjectDP:
         self.max_grad_norm = float(max_grad_norm)
         self.sampler = PoissonSubjectSampler(n_subjects, self.sample_rate, generator)
         self.noise_generator = noise_generator
+        self.last_batch_size = 0  # local diagnostics only: never a metric that leaves the site
 
     def wrap(self, optimizer: torch.optim.Optimizer) -> DPOptimizer:
         """Wrap ``optimizer`` so its steps clip per subject, add noise and count in the ledger."""
@@ -207,7 +208,9 @@ class SubjectDP:
 
     def draw(self) -> list[int]:
         """Indices (into the site's training subjects) of one Poisson batch."""
-        return self.sampler.draw()
+        indices = self.sampler.draw()
+        self.last_batch_size = len(indices)
+        return indices
 
     @staticmethod
     def backward(

@@ -29,6 +29,19 @@ if TYPE_CHECKING:
     from fedcmr4d.train.trainer import StageTrainer
 
 STAGES = ("autoencoder", "diffusion")
+RELEASABLE_UNDER_DP = ("epsilon", "delta", "num-examples")
+
+
+def releasable_metrics(metrics: Mapping[str, float], *, dp: bool) -> dict[str, float]:
+    """The part of ``train()``'s metrics a site may send to the coordinator.
+
+    Under DP the training losses are means over the sampled subjects' own data, neither clipped
+    nor noised: ε does not cover them, so only ε, δ and the subject count (treated as public,
+    like the sample rate it implies) are released. Without DP everything is returned.
+    """
+    if not dp:
+        return dict(metrics)
+    return {k: float(v) for k, v in metrics.items() if k in RELEASABLE_UNDER_DP}
 
 
 def discriminator_active(cfg: Config, global_step: int) -> bool:

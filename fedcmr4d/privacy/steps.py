@@ -11,7 +11,9 @@ The trainer's own loss methods are reused unchanged; what differs from a non-DP 
   averages over the expected batch size;
 * the discriminator's fakes are the generator's reconstructions of the discriminator's own
   sampled subjects, computed without gradient (the generator's weights are a DP release);
-* the trainer's global-norm gradient clip is not applied: per-subject clipping replaces it.
+* the trainer's global-norm gradient clip is not applied: per-subject clipping replaces it;
+* the Poisson batch size is not put in the metrics (it depends on who was sampled; the
+  accountant assumes only the noised sum is released): it is kept in ``engine.last_batch_size``.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def autoencoder_step(trainer: StageTrainer, engine: SubjectDP) -> dict[str, floa
     """One DP generator step and, once the adversarial loss is on, one DP discriminator step."""
     generator = trainer.models["autoencoder"]
     adversarial = trainer.adversarial_on()
-    metrics: dict[str, float] = {"batch_subjects": 0.0}
+    metrics: dict[str, float] = {}
 
     def generator_loss(x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         with trainer._autocast():
@@ -92,7 +94,6 @@ def autoencoder_step(trainer: StageTrainer, engine: SubjectDP) -> dict[str, floa
     _collect(metrics, parts)
     if (mean := _mean(losses)) is not None:
         metrics["loss"] = mean
-    metrics["batch_subjects"] = float(len(indices))
     if adversarial:
         x = subjects_batch(trainer, engine.draw())
         with torch.no_grad(), trainer._autocast():
@@ -126,7 +127,7 @@ def diffusion_step(trainer: StageTrainer, engine: SubjectDP) -> dict[str, float]
     losses, _ = engine.backward(unet, loss_fn, x)
     _optimizer_step(trainer, "unet")
     trainer._update_ema()
-    metrics = {"batch_subjects": float(len(indices))}
+    metrics: dict[str, float] = {}
     if (mean := _mean(losses)) is not None:
         metrics["loss"] = mean
     return metrics

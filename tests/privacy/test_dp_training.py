@@ -18,7 +18,7 @@ from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.errors import BudgetExhaustedError
 from fedcmr4d.privacy.accounting import SiteAccountant
 from fedcmr4d.privacy.guards import check_dp_model
-from fedcmr4d.privacy.site import SitePrivacy
+from fedcmr4d.privacy.site import SitePrivacy, releasable_metrics
 from fedcmr4d.train.models import build_autoencoder, build_denoiser, build_discriminator
 from fedcmr4d.train.trainer import StageTrainer
 
@@ -70,6 +70,8 @@ def test_every_stage_one_parameter_moves_only_through_dp_optimizers(cohort: Path
     assert privacy.ledger.steps == 2  # one generator and one discriminator step
     assert metrics["epsilon"] == pytest.approx(privacy.ledger.epsilon())
     assert metrics["delta"] == pytest.approx(1 / 60)
+    assert "l1" in metrics  # for the site's own curves, not for the coordinator:
+    assert set(releasable_metrics(metrics, dp=True)) == {"epsilon", "delta", "num-examples"}
 
 
 def test_ledger_survives_a_restart_and_spans_both_stages(cohort: Path, tmp_path: Path) -> None:
