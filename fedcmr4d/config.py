@@ -163,6 +163,15 @@ class AuditConfig(_Strict):
 class EvaluateConfig(_Strict):
     feature_weights_path: str | None = None
     segmenter_steps: int = Field(200, ge=1)
+    segmenter_batch_size: int = Field(16, ge=1)
+    segmenter_lr: float = Field(2e-3, gt=0)
+    segmenter_features: list[int] = Field(
+        default_factory=lambda: [16, 16, 32, 64, 128, 16],
+        min_length=6,
+        max_length=6,
+        description="MONAI BasicUNet channels: 4 encoder levels, bottleneck, last decoder level",
+    )
+    report_subjects: int = Field(4, ge=1, description="synthetic subjects shown as cine GIFs")
 
 
 class Config(_Strict):
