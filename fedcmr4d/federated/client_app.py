@@ -3,6 +3,9 @@
 Handlers:
     ``train``: local steps of the stage named in the message, from the global weights.
     ``evaluate``: the global model's losses on the site's holdout subjects.
+    ``query.audit``: nearest-neighbour distances of the coordinator's synthetic cohort to the
+        site's training and holdout subjects (memorization audit); only distances, synthetic
+        ids and counts are sent back.
 
 Every message carries ``config`` (stage, the coordinator's resolved YAML config and, in
 simulation, ``cohort-root``/``state-root``) and ``arrays`` (global weights); stage-2 messages
@@ -12,6 +15,7 @@ data to latents locally.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import yaml
@@ -56,7 +60,15 @@ def train(msg: Message, context: Context) -> Message:
         "autoencoder": int(config["rounds-autoencoder"]),  # type: ignore[arg-type]
         "diffusion": int(config["rounds-diffusion"]),  # type: ignore[arg-type]
     }
-    weights, metrics = site_ops.train_round(stage, cfg, site, global_weights, autoencoder, rounds)
+    weights, metrics = site_ops.train_round(
+        stage,
+        cfg,
+        site,
+        global_weights,
+        autoencoder,
+        rounds=rounds,
+        server_round=int(config["server-round"]),  # type: ignore[arg-type]
+    )
     return _reply(msg, site, arrays=weights_to_record(weights), metrics=metrics_to_record(metrics))
 
 
@@ -67,3 +79,20 @@ def evaluate(msg: Message, context: Context) -> Message:
     global_weights = record_to_weights(msg.content.array_records["arrays"])
     metrics = site_ops.evaluate_round(stage, cfg, site, global_weights, autoencoder)
     return _reply(msg, site, metrics=metrics_to_record(metrics))
+
+
+@app.query("audit")
+def audit(msg: Message, context: Context) -> Message:
+    """Nearest-neighbour distances of the synthetic cohort to this site's train/holdout data."""
+    config = msg.content.config_records["config"]
+    cfg = config_from_dict(yaml.safe_load(str(config["config-yaml"])), "coordinator config")
+    site = SiteSettings.resolve(dict(context.node_config), dict(config))
+    reps = msg.content.array_records["synthetic"]["reps"].numpy()
+    result = site_ops.audit_site(
+        site.apply(cfg),
+        site,
+        [str(i) for i in config["synthetic-ids"]],  # type: ignore[union-attr]
+        reps,
+        json.loads(str(config["grid"])),
+    )
+    return _reply(msg, site, audit=ConfigRecord({"result": json.dumps(result)}))

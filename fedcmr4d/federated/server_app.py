@@ -33,6 +33,7 @@ from safetensors.numpy import load_file as load_file_numpy
 
 from fedcmr4d.config import Config
 from fedcmr4d.errors import ConfigError
+from fedcmr4d.federated.audit_stage import ensure_synthetic, run_audit_stage
 from fedcmr4d.federated.init_weights import initial_weights
 from fedcmr4d.federated.metrics_log import write_metrics
 from fedcmr4d.federated.records import (
@@ -264,7 +265,7 @@ class Coordinator:
         autoencoder = snapshot.autoencoder if snapshot is not None else None
         for stage in self.stages:
             if stage == "audit":
-                self._audit_stage(autoencoder)
+                self._audit_stage()
                 continue
             if stage in state.completed_stages:
                 continue
@@ -373,8 +374,20 @@ class Coordinator:
         save_stage_checkpoint(self.out / stage, stage, self.cfg, arrays, state, evaluation)
         self.progress(f"{stage}: done; holdout {evaluation['mean']}; checkpoint {self.out / stage}")
 
-    def _audit_stage(self, autoencoder: dict[str, np.ndarray] | None) -> None:
-        raise ConfigError("stage audit is not available yet in this build")
+    def _audit_stage(self) -> None:
+        settings = self.settings
+        synthetic = ensure_synthetic(
+            self.out, settings.synthetic_dir, settings.synthetic_subjects, self.cfg.seed
+        )
+        run_audit_stage(
+            self.grid,
+            cfg=self.cfg,
+            config=_message_config(settings, "audit", self.cfg, self.cfg_yaml),
+            synthetic_dir=synthetic,
+            out=self.out,
+            timeout=settings.round_timeout,
+            progress=self.progress,
+        )
 
 
 def save_stage_checkpoint(

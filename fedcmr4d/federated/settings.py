@@ -18,6 +18,8 @@ key                          meaning
 ``resume``                   continue from the last checkpoint in ``out-dir``
 ``round-timeout``            seconds to wait for replies in one round
 ``evaluate``                 after each stage, ask every site for holdout metrics of the result
+``synthetic-subjects``       stage audit: subjects sampled from the stage-2 model to audit
+``synthetic-dir``            stage audit: audit this synthetic cohort instead of sampling one
 ``cohort-root``              simulation only: one cohort folder per site, sorted by name
 ``state-root``               simulation only: per-site state folders are created under it
 ``test-corrupt``             TESTS ONLY: ``"<partition-id>:nan|shape|norm"`` items, comma-
@@ -72,6 +74,8 @@ class RunSettings:
     resume: bool = False
     round_timeout: float = 3600.0
     evaluate: bool = True
+    synthetic_subjects: int = 8
+    synthetic_dir: str = ""
     cohort_root: str = ""
     state_root: str = ""
     test_corrupt: str = ""

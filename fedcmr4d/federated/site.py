@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from fedcmr4d.config import Config
@@ -100,16 +101,21 @@ def train_round(
     site: SiteSettings,
     global_weights: Weights,
     autoencoder: Weights | None,
+    *,
     rounds: dict[str, int],
+    server_round: int,
 ) -> tuple[Weights, dict[str, float]]:
     """Local steps from the global weights on this site's training subjects.
 
     Args:
         rounds: the coordinator's planned rounds per stage (the DP plan needs them).
+        server_round: 1-based round of this stage; the trainer's step counter continues from
+            the steps of earlier rounds, so schedules (warm-up, adversarial start) and the DP
+            plan see the stage's true step.
 
     Returns:
         The updated weights and the trainer's metrics (``num-examples`` included, and
-        ``epsilon``/``delta`` under DP).
+        ``epsilon``/``delta`` under DP: the site's ledger is saved by the trainer's privacy hook).
 
     Raises:
         BudgetExhaustedError: this round would pass the site's privacy budget (nothing is sent).
@@ -119,10 +125,8 @@ def train_round(
     trainer = make_trainer(stage, cfg, site, train_ids, autoencoder, privacy)
     trainer.set_weights(global_weights)
     steps = cfg.train.autoencoder.steps if stage == "autoencoder" else cfg.train.diffusion.steps
+    trainer.global_step = (server_round - 1) * steps
     metrics = dict(trainer.train(steps))
-    if privacy is not None:
-        privacy.save()
-        metrics.update(privacy.metrics())
     weights = trainer.get_weights()
     if site.corrupt:
         weights = corrupt(weights, site.corrupt)
@@ -145,3 +149,54 @@ def evaluate_round(
     metrics = dict(trainer.evaluate(holdout_ids))
     metrics.setdefault("num-examples", len(holdout_ids))
     return metrics
+
+
+def audit_site(
+    cfg: Config,
+    site: SiteSettings,
+    synthetic_ids: list[str],
+    synthetic_reps: np.ndarray,
+    grid: dict[str, Any],
+) -> dict[str, Any]:
+    """This site's share of the memorization audit: distances and counts only.
+
+    Same computation as :func:`fedcmr4d.release.audit.site_audit`, but on the site's own
+    train/holdout split of one cohort (that function takes whole cohort folders).
+
+    Args:
+        synthetic_ids: the synthetic subjects' ids, in the order of ``synthetic_reps``.
+        synthetic_reps: (N, slices, grid, grid, frames) audit representations of the synthetic
+            cohort, prepared once by the coordinator (synthetic data only).
+        grid: the audit grid (``AuditGrid.as_dict()``) every site must use.
+
+    Returns:
+        ``SiteAuditResult.to_dict()``: no image, no real subject id leaves the site.
+    """
+    from fedcmr4d.release.audit import SiteAuditResult
+    from fedcmr4d.release.distance import nearest
+    from fedcmr4d.release.features import AuditGrid, represent_subject
+
+    audit_grid = AuditGrid(**{k: v for k, v in grid.items() if k != "shift_grid"})
+    train_ids, holdout_ids = site_subjects(site, cfg)
+    cohort = open_cohort(site.cohort)
+
+    def represent(ids: list[str]) -> torch.Tensor:
+        shape = (0, audit_grid.slices, audit_grid.grid, audit_grid.grid, audit_grid.frames)
+        reps = [represent_subject(cohort.load(i, with_labels=False), audit_grid) for i in ids]
+        return torch.from_numpy(np.stack(reps)) if reps else torch.zeros(shape)
+
+    train, holdout = represent(train_ids), represent(holdout_ids)
+    synthetic = torch.from_numpy(np.ascontiguousarray(synthetic_reps, dtype=np.float32))
+    shift = audit_grid.shift_grid
+    result = SiteAuditResult(
+        site=site.name,
+        n_train=int(train.shape[0]),
+        n_holdout=int(holdout.shape[0]),
+        holdout_to_train=nearest(holdout, train, shift=shift).distance.tolist(),
+        synthetic_ids=list(synthetic_ids),
+        synthetic_to_train=nearest(synthetic, train, shift=shift).distance.tolist(),
+        synthetic_to_holdout=nearest(synthetic, holdout, shift=shift).distance.tolist(),
+        grid=audit_grid.as_dict(),
+    )
+    result.check()
+    return result.to_dict()

@@ -31,8 +31,15 @@ def _settings(tmp_path: Path, cohorts: Path, **kw: object) -> RunSettings:
 
 
 @pytest.mark.slow
-def test_two_sites_one_round_of_each_stage(tmp_path: Path, two_sites: Path) -> None:
-    settings = _settings(tmp_path, two_sites, rounds_autoencoder=1, rounds_diffusion=1)
+def test_two_sites_one_round_of_each_stage_then_audit(tmp_path: Path, two_sites: Path) -> None:
+    settings = _settings(
+        tmp_path,
+        two_sites,
+        stages="autoencoder,diffusion,audit",
+        rounds_autoencoder=1,
+        rounds_diffusion=1,
+        synthetic_subjects=2,
+    )
     lines: list[str] = []
     state = run_simulated_federation(settings, progress=lines.append, backend_config=BACKEND)
 
@@ -62,6 +69,16 @@ def test_two_sites_one_round_of_each_stage(tmp_path: Path, two_sites: Path) -> N
     evaluation = json.loads((out / "autoencoder-evaluation.json").read_text())
     assert len(evaluation["sites"]) == 2 and "psnr" in evaluation["mean"]
     assert any("diffusion round 1/1: 2/2 sites accepted" in line for line in lines)
+
+    # Federated audit: sampled from the stage-2 checkpoint, distances from both sites.
+    audit_text = (out / "audit.json").read_text()
+    audit = json.loads(audit_text)
+    assert audit["n_synthetic"] == 2 and isinstance(audit["passed"], bool)
+    assert sorted(s["site"] for s in audit["sites"]) == ["site-0-A", "site-1-B"]
+    assert all(s["n_train"] == 2 and s["n_holdout"] == 1 for s in audit["sites"])
+    assert any(path.endswith("cine.nii.gz") for path in audit["files"])
+    real_ids = [p.name for site in two_sites.iterdir() for p in site.iterdir() if p.is_dir()]
+    assert real_ids and not any(real_id in audit_text for real_id in real_ids)
 
 
 @pytest.mark.slow
