@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedcmr4d.config import Config, StageTrainConfig
 from fedcmr4d.data.datasets import LatentStackDataset, SliceDataset, cine_slices, load_cines
+from fedcmr4d.errors import ConfigError
 from fedcmr4d.models.ldm import build_train_scheduler, diffusion_loss
 from fedcmr4d.models.losses import (
     build_perceptual_loss,
@@ -382,6 +383,11 @@ class StageTrainer:
         """Run ``steps`` optimizer steps; mean losses + "num-examples" (training subjects)."""
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
+        if self.cfg.privacy.enabled and getattr(self.privacy, "train_step", None) is None:
+            raise ConfigError(
+                "privacy.enabled is true but the trainer has no privacy hook "
+                "(fedcmr4d.privacy.SitePrivacy); refusing to train without DP-SGD"
+            )
         before_train = getattr(self.privacy, "before_train", None)
         if before_train is not None:  # raises BudgetExhaustedError before any step runs
             before_train(self, steps)

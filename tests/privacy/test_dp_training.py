@@ -15,7 +15,7 @@ from opacus.optimizers import DPOptimizer
 
 from fedcmr4d.config import load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
-from fedcmr4d.errors import BudgetExhaustedError
+from fedcmr4d.errors import BudgetExhaustedError, ConfigError
 from fedcmr4d.privacy.accounting import SiteAccountant
 from fedcmr4d.privacy.guards import check_dp_model
 from fedcmr4d.privacy.site import SitePrivacy, releasable_metrics
@@ -167,3 +167,10 @@ def test_cli_refuses_training_past_the_budget_with_exit_6(cohort: Path, tmp_path
     assert done.returncode == 6, done.stderr
     assert "privacy budget exhausted" in done.stderr and "target ε=0.05" in done.stderr
     assert not (out / "model.safetensors").exists()
+
+
+def test_a_dp_config_without_the_privacy_hook_refuses_to_train(cohort: Path) -> None:
+    trainer = StageTrainer("autoencoder", load_config("tiny-dp"), cohort)
+    with pytest.raises(ConfigError, match="refusing to train without DP-SGD"):
+        trainer.train(1)
+    assert trainer.global_step == 0
