@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedcmr4d.data.cohort import LABEL_LV, LABEL_UNLABELLED, Subject
 from fedcmr4d.data.phantom import ed_es_frames
@@ -120,3 +122,37 @@ def test_lv_volume_at_ed_and_es_is_kept(geometry: SourceGeometry) -> None:
         before = (labels[..., src_frame] == LABEL_LV).sum() * voxel
         after = (out.labels[..., out_frame] == LABEL_LV).sum() * 10.0
         assert after == pytest.approx(before, rel=0.05)
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    angles=st.tuples(*(st.floats(-np.pi, np.pi) for _ in range(3))),
+    zooms=st.tuples(st.floats(0.7, 2.5), st.floats(0.7, 2.5), st.sampled_from([5.0, 8.0, 10.0])),
+    centre=st.tuples(st.floats(12, 28), st.floats(12, 28), st.floats(1.5, 2.5)),
+)
+def test_world_position_is_kept_for_any_orientation_and_spacing(angles, zooms, centre) -> None:
+    """A labelled sphere's world centroid moves less than one output voxel (1 mm in-plane)."""
+    a, b, c = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rz @ ry @ rx @ np.diag(zooms)
+    affine[:3, 3] = [10.0, -20.0, 30.0]
+    shape = (40, 40, 5)
+    ijk = np.stack(np.meshgrid(*(np.arange(n) for n in shape), indexing="ij"), axis=-1)
+    offset = (ijk - np.array(centre)) * np.array(zooms)
+    inside = np.linalg.norm(offset * np.array([1.0, 1.0, 0.0]), axis=-1) < 12.0
+    inside &= np.abs(offset[..., 2]) < 12.0  # a cylinder across the middle slices
+    cine = np.stack([inside * (1.0 + 0.5 * t) for t in range(4)], axis=-1).astype(np.float32)
+    labels = np.full((*shape, 4), LABEL_UNLABELLED, dtype=np.uint8)
+    labels[..., 0] = np.where(inside, LABEL_LV, 0)
+    source = Subject("r", cine, affine, 30.0, labels, {"ed_frame": 0})
+    out = preprocess_subject(source, image_size=48, frames=4)
+    assert out.labels is not None
+    before = _world_centroid(labels[..., 0], affine)
+    after = _world_centroid(out.labels[..., 0], out.affine)
+    src_dirs = affine[:3, :3] / zooms_of(affine)
+    shift = src_dirs.T @ (after - before)  # displacement along the source's own axes
+    assert np.all(np.abs(shift[:2]) < 1.0), shift
+    assert abs(shift[2]) < zooms[2] / 2 + 1e-6, shift
