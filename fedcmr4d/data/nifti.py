@@ -32,7 +32,8 @@ from fedcmr4d.data.cohort import LABEL_LV, LABEL_UNLABELLED, Subject
 from fedcmr4d.errors import InputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
-DEFAULT_CYCLE_MS = 1000.0  # used only when a header carries no frame time
+DEFAULT_CYCLE_MS = 1000.0  # used only when a header carries no plausible frame time
+MIN_CYCLE_MS, MAX_CYCLE_MS = 250.0, 3000.0
 
 
 @dataclass
@@ -155,10 +156,20 @@ def remap_labels(path: Path, labels: np.ndarray, mapping: dict[int, int]) -> np.
 
 
 def frame_ms_or_default(volume: Volume, frames: int, meta: dict[str, Any]) -> float:
-    """The header's frame time, or an assumed 1 s cycle (recorded in ``meta``)."""
+    """The header's frame time, or an assumed 1 s cycle (recorded in ``meta``).
+
+    A header frame time whose cycle (``frame_ms * frames``) is outside 250-3000 ms (240-20 bpm)
+    is treated as missing: some exporters write 1 s or 1 ms placeholders.
+    """
     if volume.frame_ms is not None:
-        meta["frame_ms_source"] = "header"
-        return volume.frame_ms
+        cycle = volume.frame_ms * frames
+        if MIN_CYCLE_MS <= cycle <= MAX_CYCLE_MS:
+            meta["frame_ms_source"] = "header"
+            return volume.frame_ms
+        meta["frame_ms_source"] = (
+            f"assumed {DEFAULT_CYCLE_MS:.0f} ms cycle (header cycle {cycle:.0f} ms implausible)"
+        )
+        return DEFAULT_CYCLE_MS / frames
     meta["frame_ms_source"] = f"assumed {DEFAULT_CYCLE_MS:.0f} ms cycle (header has none)"
     return DEFAULT_CYCLE_MS / frames
 

@@ -154,3 +154,18 @@ def test_mnms2_rescaled_ed_volume_still_matches(tmp_path: Path) -> None:
     nib.save(nib.Nifti1Image(rescaled, image.affine), ed_path)
     subject = find_mnms2_subjects(tmp_path)[0].load()
     assert subject.meta["ed_frame"] == ed and subject.meta["ed_match_diff"] < 1e-3
+
+
+def test_implausible_or_missing_frame_time_falls_back_to_one_second_cycle(tmp_path: Path) -> None:
+    data = np.random.default_rng(1).random((8, 8, 2, 20)).astype(np.float32)
+    for name, zoom, unit in (("sec", 1.0, "sec"), ("none", 1.0, "unknown"), ("ok", 40.0, "msec")):
+        image = nib.Nifti1Image(data, np.eye(4))
+        image.header.set_zooms((1.0, 1.0, 10.0, zoom))
+        image.header.set_xyzt_units("mm", unit)
+        nib.save(image, tmp_path / f"{name}.nii.gz")
+    subjects = {s.subject_id: s.load() for s in find_generic_subjects(tmp_path)}
+    assert subjects["ok"].frame_ms == pytest.approx(40.0)
+    assert subjects["ok"].meta["frame_ms_source"] == "header"
+    for name in ("sec", "none"):  # 20 s cycle, or no unit: a 1 s cycle is assumed and said
+        assert subjects[name].frame_ms == pytest.approx(50.0)
+        assert "assumed" in subjects[name].meta["frame_ms_source"]
