@@ -169,3 +169,13 @@ def test_implausible_or_missing_frame_time_falls_back_to_one_second_cycle(tmp_pa
     for name in ("sec", "none"):  # 20 s cycle, or no unit: a 1 s cycle is assumed and said
         assert subjects[name].frame_ms == pytest.approx(50.0)
         assert "assumed" in subjects[name].meta["frame_ms_source"]
+
+
+def test_labels_with_the_same_shape_but_another_affine_are_rejected(tmp_path: Path) -> None:
+    write_generic_subject(tmp_path, "s", 12, SMALL)
+    gt = nib.load(tmp_path / "s_gt.nii.gz")
+    shifted = gt.affine.copy()
+    shifted[:3, 3] += 5.0
+    nib.save(nib.Nifti1Image(np.asarray(gt.dataobj), shifted), tmp_path / "s_gt.nii.gz")
+    with pytest.raises(InputError, match="s_gt.nii.gz: labels on a grid other.*affine differs"):
+        find_generic_subjects(tmp_path)[0].load()
