@@ -1,0 +1,86 @@
+"""One-pass and slice-wise sampling from stage-2 checkpoints (untrained weights: fast, exact)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedcmr4d.config import Config, load_config
+from fedcmr4d.data.phantom import write_phantom_cohort
+from fedcmr4d.errors import InputError
+from fedcmr4d.release.sample import sample_cohort, sample_slicewise
+from fedcmr4d.train.checkpoint import save_checkpoint, sha256_file
+from fedcmr4d.train.trainer import StageTrainer
+
+
+def _pair(root: Path, cfg: Config, cohort: Path) -> Path:
+    ae = StageTrainer("autoencoder", cfg, cohort)
+    save_checkpoint(root / "ae", stage="autoencoder", cfg=cfg, weights=ae.get_weights())
+    ldm = StageTrainer("diffusion", cfg, cohort, autoencoder_weights=ae.get_weights())
+    meta = {
+        "autoencoder_checkpoint": str(root / "ae"),
+        "autoencoder_sha256": sha256_file(root / "ae" / "model.safetensors"),
+        "latent_scale": ldm.latent_scale,
+        "privacy": {"epsilon": 3.0},
+    }
+    return save_checkpoint(
+        root / "ldm", stage="diffusion", cfg=cfg, weights=ldm.get_weights(), meta=meta
+    )
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sample")
+    write_phantom_cohort(root / "cohort", 2, seed=5, image_size=32, slices=6, frames=16)
+    cfg = load_config("tiny", ["diffusion.sample_steps=2"])
+    slicewise = load_config("tiny", ["diffusion.sample_steps=2", "diffusion.stack_slices=1"])
+    return {
+        "one_pass": _pair(root / "one", cfg, root / "cohort"),
+        "slicewise": _pair(root / "sw", slicewise, root / "cohort"),
+    }
+
+
+def test_one_pass_is_seeded_and_writes_a_cohort(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    a = sample_cohort(checkpoints["one_pass"], 3, tmp_path / "a", seed=1, batch_size=2)
+    b = sample_cohort(checkpoints["one_pass"], 3, tmp_path / "b", seed=1, batch_size=2)
+    c = sample_cohort(checkpoints["one_pass"], 3, tmp_path / "c", seed=2, batch_size=2)
+    assert a.subject_ids == ["synth0000", "synth0001", "synth0002"]
+    sa, sb, sc = a.load("synth0002"), b.load("synth0002"), c.load("synth0002")
+    assert sa.cine.shape == (32, 32, 6, 16) and sa.zooms == (1.0, 1.0, 10.0)
+    assert sa.frame_ms == pytest.approx(800.0 / 16)
+    assert 0.0 <= sa.cine.min() and sa.cine.max() <= 1.0
+    assert np.array_equal(sa.cine, sb.cine) and not np.array_equal(sa.cine, sc.cine)
+    prov = a.index["provenance"]
+    assert prov["sampling"] == "one-pass" and prov["seed"] == 1 and prov["config_name"] == "tiny"
+    assert prov["checkpoint_sha256"] == sha256_file(checkpoints["one_pass"] / "model.safetensors")
+    assert prov["privacy"] == {"epsilon": 3.0} and prov["code_version"]
+
+
+def test_slicewise_baseline(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
+    cohort = sample_slicewise(checkpoints["slicewise"], 2, tmp_path / "s", seed=0, batch_size=5)
+    assert len(cohort) == 2 and cohort.load("synth0001").cine.shape == (32, 32, 6, 16)
+    assert cohort.index["provenance"]["sampling"] == "slicewise"
+    with pytest.raises(InputError, match="stack_slices"):
+        sample_slicewise(checkpoints["one_pass"], 1, tmp_path / "x")
+    with pytest.raises(InputError, match="slice-wise"):
+        sample_cohort(checkpoints["slicewise"], 1, tmp_path / "y")
+
+
+def test_replaced_autoencoder_is_refused(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(checkpoints["one_pass"].parent, copy)
+    meta_path = copy / "ldm" / "meta.json"
+    meta_path.write_text(
+        meta_path.read_text().replace(str(checkpoints["one_pass"].parent / "ae"), str(copy / "ae"))
+    )
+    (copy / "ae" / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(InputError, match=r"model\.safetensors.*SHA-256"):
+        sample_cohort(copy / "ldm", 1, tmp_path / "z")
+    with pytest.raises(InputError, match="diffusion"):
+        sample_cohort(checkpoints["one_pass"].parent / "ae", 1, tmp_path / "w")

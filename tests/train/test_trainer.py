@@ -1,0 +1,99 @@
+"""StageTrainer: the weight-exchange contract, training, evaluation, stage 2 on stage-1 weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from fedcmr4d.config import Config
+from fedcmr4d.train.trainer import StageTrainer
+
+
+@pytest.fixture()
+def ae_trainer(tiny_cohort: Path, tiny_cfg: Config) -> StageTrainer:
+    return StageTrainer(
+        "autoencoder", tiny_cfg, tiny_cohort, subject_ids=["phantom000", "phantom001"]
+    )
+
+
+def test_weights_are_cpu_float_parameters_in_fixed_order(ae_trainer: StageTrainer) -> None:
+    weights = ae_trainer.get_weights()
+    assert list(weights) == list(ae_trainer.get_weights())
+    assert {k.split(".")[0] for k in weights} == {"autoencoder", "discriminator"}
+    assert "autoencoder.quantizer.codebook" in weights
+    n_params = sum(1 for m in ae_trainer.models.values() for _ in m.parameters())
+    assert len(weights) == n_params
+    assert all(v.device.type == "cpu" and v.dtype == torch.float32 for v in weights.values())
+    assert ae_trainer.num_subjects == 2
+
+
+def test_set_weights_is_strict(ae_trainer: StageTrainer) -> None:
+    weights = ae_trainer.get_weights()
+    key = "autoencoder.quantizer.codebook"
+    with pytest.raises(ValueError, match="lack"):
+        ae_trainer.set_weights({k: v for k, v in weights.items() if k != key})
+    with pytest.raises(ValueError, match="unexpected.*extra"):
+        ae_trainer.set_weights({**weights, "extra": torch.zeros(1)})
+    with pytest.raises(ValueError, match=f"{key}.*shape"):
+        ae_trainer.set_weights({**weights, key: torch.zeros(3, 3)})
+    changed = {k: v + 1.0 for k, v in weights.items()}
+    ae_trainer.set_weights(changed)
+    assert all(torch.equal(changed[k], v) for k, v in ae_trainer.get_weights().items())
+
+
+def test_train_counts_steps_and_turns_adversarial_on(ae_trainer: StageTrainer) -> None:
+    start = ae_trainer.cfg.autoencoder.adversarial_start_step  # 2 in tiny
+    before = ae_trainer.get_weights()
+    first = ae_trainer.train(start)
+    assert ae_trainer.global_step == start
+    assert "adv_g" not in first and first["num-examples"] == 2.0
+    assert {"l1", "codebook", "commitment", "entropy", "perplexity", "loss"} <= set(first)
+    second = ae_trainer.train(1)
+    assert ae_trainer.global_step == start + 1
+    assert "adv_g" in second and "adv_d" in second
+    after = ae_trainer.get_weights()
+    assert not torch.equal(
+        before["autoencoder.quantizer.codebook"], after["autoencoder.quantizer.codebook"]
+    )
+    assert not torch.equal(
+        before["discriminator.net.final_conv.conv.weight"],
+        after["discriminator.net.final_conv.conv.weight"],
+    )
+    metrics = ae_trainer.evaluate(["phantom003"])
+    assert metrics["psnr"] > 0 and 1 <= metrics["perplexity"] <= 64
+    assert metrics["codes_used"] + metrics["dead_codes"] == 64
+
+
+def test_stage_two_on_stage_one_weights(
+    ae_trainer: StageTrainer, tiny_cohort: Path, tiny_cfg: Config
+) -> None:
+    with pytest.raises(ValueError, match="autoencoder_weights"):
+        StageTrainer("diffusion", tiny_cfg, tiny_cohort)
+    trainer = StageTrainer(
+        "diffusion", tiny_cfg, tiny_cohort, autoencoder_weights=ae_trainer.get_weights()
+    )
+    assert trainer.dataset[0].shape == (1, 48, 8, 8, 4)
+    assert trainer.latent_scale == pytest.approx(
+        ae_trainer.models["autoencoder"].quantizer.latent_scale()
+    )
+    weights = trainer.get_weights()
+    assert weights and all(k.startswith("unet.") for k in weights)
+    metrics = trainer.train(1)
+    assert trainer.global_step == 1 and metrics["num-examples"] == 4.0
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+    assert set(trainer.evaluate(["phantom002"])) == {"val_loss", "num-examples"}
+
+
+def test_privacy_hook_is_attached(tiny_cohort: Path, tiny_cfg: Config) -> None:
+    seen: list[StageTrainer] = []
+
+    class Hook:
+        def attach(self, trainer: StageTrainer) -> None:
+            seen.append(trainer)
+
+    trainer = StageTrainer("autoencoder", tiny_cfg, tiny_cohort, privacy=Hook())
+    assert seen == [trainer]
+    with pytest.raises(TypeError, match="attach"):
+        StageTrainer("autoencoder", tiny_cfg, tiny_cohort, privacy=object())
