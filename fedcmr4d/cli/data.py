@@ -27,16 +27,35 @@ def _progress() -> Progress:
     )
 
 
+def _data_config(config: str | None, overrides: list[str]) -> DataConfig | None:
+    """The data section of ``--config`` (with ``--set`` applied), or None without a config."""
+    if overrides and not config:
+        raise ConfigError("--set needs --config (the file whose values it overrides)")
+    return load_config(config, overrides).data if config else None
+
+
 @app.command()
 def phantom(
     out: Path = typer.Option(..., "--out", help="Cohort folder to write (created if missing)."),
     subjects: int = typer.Option(8, "--subjects", min=1, help="Number of subjects."),
     seed: int = typer.Option(0, "--seed", help="Cohort seed; subject i gets seed*100003 + i."),
-    image_size: int = typer.Option(64, "--image-size", min=8, help="In-plane size (1 mm pixels)."),
-    slices: int = typer.Option(6, "--slices", min=1, help="Short-axis slices (10 mm apart)."),
-    frames: int = typer.Option(16, "--frames", min=2, help="Frames over one cardiac cycle."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", min=8, help="In-plane size, 1 mm pixels [default: config, or 64]."
+    ),
+    slices: int | None = typer.Option(
+        None, "--slices", min=1, help="Short-axis slices, 10 mm apart [default: config, or 6]."
+    ),
+    frames: int | None = typer.Option(
+        None, "--frames", min=2, help="Frames over one cycle [default: config, or 16]."
+    ),
     vendor: str | None = typer.Option(
         None, "--vendor", help="Tissue contrast A, B or C (default: drawn per subject)."
+    ),
+    config: str | None = typer.Option(
+        None, "--config", help="Config name or YAML; its data section sets the geometry."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config value: dotted.key=value (repeatable)."
     ),
 ) -> None:
     """Write an analytic beating-heart phantom cohort with exact labels.
@@ -44,14 +63,22 @@ def phantom(
     Each subject has its own EF (35-70 %), heart rate, size, position, rotation, vendor
     contrast, noise and bias field; the same seed always gives the same cohort.
 
-    Example:
+    Examples:
 
         fedcmr4d phantom --out data/phantom --subjects 12 --seed 1
+
+        fedcmr4d phantom --out data/tiny --subjects 6 --config tiny   # 32 x 32 x 6 x 16
     """
     from fedcmr4d.data.phantom import VENDORS, write_phantom_cohort
 
     if vendor is not None and vendor not in VENDORS:
         raise ConfigError(f"--vendor {vendor!r}: must be one of {', '.join(VENDORS)}")
+    data = _data_config(config, overrides)
+    if data is not None:
+        image_size = image_size if image_size is not None else data.image_size
+        slices = slices if slices is not None else data.slices
+        frames = frames if frames is not None else data.frames
+    image_size, slices, frames = image_size or 64, slices or 6, frames or 16
     with _progress() as bar:
         task = bar.add_task("phantom", total=subjects, current="")
         cohort = write_phantom_cohort(
@@ -104,9 +131,7 @@ def preprocess(
 
     if fmt not in FORMATS:
         raise ConfigError(f"--format {fmt!r}: must be one of {', '.join(FORMATS)}")
-    if overrides and not config:
-        raise ConfigError("--set needs --config (the file whose values it overrides)")
-    data = load_config(config, overrides).data if config else DataConfig()
+    data = _data_config(config, overrides) or DataConfig()
     size = image_size if image_size is not None else data.image_size
     n_frames = frames if frames is not None else data.frames
     total = len(find_subjects(fmt, input_dir)) if input_dir.is_dir() else 0

@@ -246,3 +246,8 @@ def test_phantom_command_writes_a_cohort(tmp_path: Path) -> None:
     subject = cohort.load("phantom001")
     assert subject.cine.shape == (32, 32, 6, 8) and subject.meta["vendor"] == "C"
     assert _cli("phantom", "--out", str(out), "--vendor", "Q").returncode == 2
+    tiny = tmp_path / "tiny"
+    result = _cli("phantom", "--out", str(tiny), "--subjects", "1", "--config", "tiny",
+                  "--set", "data.frames=8")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert open_cohort(tiny).load("phantom000").cine.shape == (32, 32, 6, 8)
