@@ -1,0 +1,160 @@
+"""Wall time and peak memory of ``fedcmr4d demo`` (issue 9 target: <= 10 min, <= 6 GiB).
+
+Runs the command under ``/usr/bin/time -v`` and, meanwhile, samples the resident memory of the
+whole process tree every 0.5 s. Both memory figures are reported because they answer different
+questions: GNU time's "Maximum resident set size" is the largest single process (the Flower
+Simulation Engine starts worker processes, whose memory it does not add up), while the tree
+total is what the machine must hold at once; the target is checked against the tree total.
+
+    python -m benchmarks.demo                 # the full demo (minutes); records its row
+    python -m benchmarks.demo --quick         # times `fedcmr4d phantom` instead (seconds)
+    python -m benchmarks.demo -- --config tiny --subjects 4   # extra demo arguments
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import context, emit, record
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+TARGET_S = 600.0
+TARGET_GIB = 6.0
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of ``pid`` (from /proc/<pid>/task/*/children)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                kids = [int(k) for k in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants now (0 for processes gone)."""
+    total = 0
+    for p in [pid, *_children(pid)]:
+        try:
+            total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * PAGE
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class TreeSampler(threading.Thread):
+    """Samples :func:`tree_rss_bytes` of a process every ``interval`` s; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.5) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.interval, self.peak = pid, interval, 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(self.pid))
+            self.stop.wait(self.interval)
+
+
+def parse_time_v(text: str) -> dict[str, float]:
+    """Wall seconds and max RSS (GiB) from GNU ``time -v`` output."""
+    wall = re.search(r"Elapsed \(wall clock\) time.*: (?:(\d+):)?(\d+):([\d.]+)", text)
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    if wall is None or rss is None:
+        raise ValueError(f"no GNU time -v figures in: {text[-500:]!r}")
+    hours, minutes, seconds = wall.groups()
+    return {
+        "time_wall_s": int(hours or 0) * 3600 + int(minutes) * 60 + float(seconds),
+        "time_max_rss_gib": int(rss.group(1)) / 1024**2,
+    }
+
+
+def measure(command: list[str], cwd: Path) -> dict[str, Any]:
+    """Run ``command`` under ``/usr/bin/time -v`` and sample its process tree."""
+    time_bin = shutil.which("time") or "/usr/bin/time"
+    if not Path(time_bin).is_file():
+        raise SystemExit(f"{time_bin}: GNU time is needed (apt-get install time)")
+    log = cwd / "time-v.txt"
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [time_bin, "-v", "-o", str(log), *command],
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    sampler = TreeSampler(proc.pid)
+    sampler.start()
+    output, _ = proc.communicate()
+    sampler.stop.set()
+    sampler.join()
+    wall = time.perf_counter() - start
+    figures = parse_time_v(log.read_text())
+    return {
+        "returncode": proc.returncode,
+        "wall_s": round(wall, 1),
+        "time_wall_s": round(figures["time_wall_s"], 1),
+        "time_max_rss_gib": round(figures["time_max_rss_gib"], 2),
+        "tree_peak_rss_gib": round(sampler.peak / 1024**3, 2),
+        "output_tail": output.strip().splitlines()[-3:],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="time `fedcmr4d phantom` instead")
+    parser.add_argument("--no-record", action="store_true")
+    parser.add_argument("demo_args", nargs="*", help="extra arguments for `fedcmr4d demo`")
+    args = parser.parse_args()
+    cli = [sys.executable, "-m", "fedcmr4d"]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "out"
+        if args.quick:
+            command = [*cli, "phantom", "--out", str(out), "--subjects", "2", "--seed", "0"]
+        else:
+            command = [*cli, "demo", "--out", str(out), *args.demo_args]
+        figures = measure(command, Path(tmp))
+    shown = " ".join(["fedcmr4d", *command[3:]]).replace(str(out), "OUT")
+    result = {
+        "benchmark": "demo",
+        "command": shown,
+        **figures,
+        "target_s": TARGET_S,
+        "target_gib": TARGET_GIB,
+        "within_target": figures["returncode"] == 0
+        and figures["time_wall_s"] <= TARGET_S
+        and figures["tree_peak_rss_gib"] <= TARGET_GIB,
+        "threads": os.environ.get("OMP_NUM_THREADS", "default"),
+        **context(),
+    }
+    emit(result)
+    if args.quick or args.no_record or figures["returncode"] != 0:
+        if figures["returncode"] != 0:
+            raise SystemExit(f"{shown}: exit {figures['returncode']}: {figures['output_tail']}")
+        return
+    columns = [
+        "command", "returncode", "time_wall_s", "time_max_rss_gib", "tree_peak_rss_gib",
+        "within_target", "machine", "torch", "date",
+    ]  # fmt: skip
+    extra = " -- " + " ".join(args.demo_args) if args.demo_args else ""
+    record("demo", shown, columns, result, "python -m benchmarks.demo" + extra)
+
+
+if __name__ == "__main__":
+    main()
