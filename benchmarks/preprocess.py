@@ -7,7 +7,7 @@ wall seconds of each step, the CPU seconds of all of them (comparable when the m
 shared), peak memory, and the LV volume at ED/ES before and after.
 
     python -m benchmarks.preprocess            # records its row in docs/benchmarks.md
-    python -m benchmarks.preprocess --quick    # a smaller grid, records nothing
+    python -m benchmarks.preprocess --quick    # a smaller grid and crop, records nothing
 """
 
 from __future__ import annotations
@@ -34,17 +34,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small grid, record nothing")
     parser.add_argument("--no-record", action="store_true")
-    parser.add_argument("--image-size", type=int, default=384)
+    parser.add_argument("--image-size", type=int, default=None, help="default 384 (128 quick)")
     parser.add_argument("--frames", type=int, default=32)
     args = parser.parse_args()
     geometry = QUICK if args.quick else FULL
+    image_size = args.image_size or (128 if args.quick else 384)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder, params, truth = write_acdc_patient(root / "training", 1, 7, geometry)
         t0, c0 = time.perf_counter(), time.process_time()
         source = load_acdc_subject(folder)
         t1 = time.perf_counter()
-        cohort_subject = preprocess_subject(source, image_size=args.image_size, frames=args.frames)
+        cohort_subject = preprocess_subject(source, image_size=image_size, frames=args.frames)
         t2 = time.perf_counter()
         write_subject(root / "cohort", cohort_subject)
         t3, c3 = time.perf_counter(), time.process_time()
