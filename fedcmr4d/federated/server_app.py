@@ -372,7 +372,8 @@ class Coordinator:
             )
         write_json(self.out / f"{stage}-evaluation.json", evaluation)
         save_stage_checkpoint(self.out / stage, stage, self.cfg, arrays, state, evaluation)
-        self.progress(f"{stage}: done; holdout {evaluation['mean']}; checkpoint {self.out / stage}")
+        holdout = ", ".join(f"{k}={v:.4g}" for k, v in evaluation["mean"].items()) or "not run"
+        self.progress(f"{stage}: done; holdout {holdout}; checkpoint {self.out / stage}")
 
     def _audit_stage(self) -> None:
         settings = self.settings
