@@ -158,6 +158,9 @@ class AuditConfig(_Strict):
     slices: int = Field(4, ge=1, description="central slices compared")
     frames: int = Field(16, ge=2, description="frames per cycle after periodic resampling")
     lowpass_sigma: float = Field(0.7, ge=0, description="Gaussian low-pass, grid pixels")
+    candidates: int = Field(
+        32, ge=0, description="coarse candidates scored exactly per subject; 0: every pair"
+    )
 
 
 class EvaluateConfig(_Strict):

@@ -145,6 +145,7 @@ def grid_from_config(config: AuditConfig, fov_mm: float) -> AuditGrid:
         frames=config.frames,
         lowpass_sigma=config.lowpass_sigma,
         max_shift=config.max_shift,
+        candidates=config.candidates,
     )
 
 
@@ -208,15 +209,15 @@ def site_audit(
     if train.shape[0] == 0:
         names = ", ".join(str(d) for d in train_dirs) or "(none given)"
         raise InputError(f"site {site}: no training subjects in {names}")
-    shift = grid.shift_grid
+    search = {"shift": grid.shift_grid, "candidates": grid.candidates}
     result = SiteAuditResult(
         site=site,
         n_train=int(train.shape[0]),
         n_holdout=int(holdout.shape[0]),
-        holdout_to_train=nearest(holdout, train, shift=shift).distance.tolist(),
+        holdout_to_train=nearest(holdout, train, **search).distance.tolist(),
         synthetic_ids=list(synthetic.ids),
-        synthetic_to_train=nearest(synthetic.reps, train, shift=shift).distance.tolist(),
-        synthetic_to_holdout=nearest(synthetic.reps, holdout, shift=shift).distance.tolist(),
+        synthetic_to_train=nearest(synthetic.reps, train, **search).distance.tolist(),
+        synthetic_to_holdout=nearest(synthetic.reps, holdout, **search).distance.tolist(),
         grid=grid.as_dict(),
     )
     result.check()

@@ -14,6 +14,15 @@ correlation is a complex matrix product over the (S * G * G) spatial entries, so
 queries against a block of references is one batched ``matmul`` per in-plane shift, followed by
 an inverse real FFT and a max. Cost per pair: (2k + 1)^2 * (T / 2 + 1) * S * G^2 complex
 multiply-adds; memory: one (queries x references x T) block at a time.
+
+For large cohorts the search is two-stage (``candidates`` > 0): a coarse embedding that is
+exactly invariant to cyclic frame shifts and nearly invariant to small in-plane shifts (temporal
+amplitude spectra of 4 x 4 average-pooled representations, cosine similarity, one real matrix
+product per block) picks each query's ``candidates`` most similar references, and only those
+are scored with the exact shift search above. A near-copy is among the most similar references
+by construction; for other subjects the reported distance can only be larger than or equal to
+the exhaustive one (the true nearest may be missed), so holdout-derived thresholds err towards
+flagging more. ``benchmarks/audit.py`` measures how often the two agree.
 """
 
 from __future__ import annotations
@@ -70,11 +79,78 @@ def _block_ncc(
     return best
 
 
+def coarse_embedding(reps: torch.Tensor, keep: int = 8) -> torch.Tensor:
+    """(N, S, G, G, T) -> (N, D') unit vectors invariant to cyclic shifts in x, y and t.
+
+    The amplitude of each slice's 3D FFT over (x, y, t) does not change when the slice is
+    shifted cyclically along any of the three axes; only the ``keep`` lowest spatial
+    frequencies per axis are kept (the shape, not the noise), then centred and normalised.
+    Dropping the phase loses detail, which is why these only pick candidates.
+    """
+    n, s, g, _, t = reps.shape
+    amplitude = torch.fft.rfftn(reps, dim=(2, 3, 4)).abs()  # (N, S, G, G, T//2+1)
+    low = list(range(min(keep, g // 2))) + list(range(g - min(keep, g // 2) + 1, g))
+    index = torch.tensor(low)
+    amplitude = amplitude.index_select(2, index).index_select(3, index).reshape(n, -1)
+    amplitude = amplitude - amplitude.mean(dim=1, keepdim=True)
+    return amplitude / amplitude.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def _candidates(
+    query: torch.Tensor, reference: torch.Tensor, count: int, block: int
+) -> torch.Tensor:
+    """(N_q, count) indices of the references most similar in the coarse embedding."""
+    q_emb, r_emb = coarse_embedding(query), coarse_embedding(reference)
+    picks = []
+    for q0 in range(0, q_emb.shape[0], block):
+        similarity = q_emb[q0 : q0 + block] @ r_emb.T
+        picks.append(similarity.topk(count, dim=1).indices)
+    return torch.cat(picks)
+
+
+def _refine(
+    query_reps: torch.Tensor,
+    reference_reps: torch.Tensor,
+    picks: torch.Tensor,
+    shift: int,
+    block: int = 8,
+) -> Nearest:
+    """Exact shift search of every query against its own candidate references only.
+
+    The query is rolled instead of the references (same correlation, mirrored shift), so each
+    block is one batched (F, 1, D) x (F, D, k) product per in-plane shift.
+    """
+    frames = query_reps.shape[-1]
+    ref_spec = spectra(reference_reps)  # (N_r, S, G, G, F)
+    freqs = ref_spec.shape[-1]
+    distance = torch.empty(query_reps.shape[0], dtype=torch.float64)
+    index = torch.empty(query_reps.shape[0], dtype=torch.int64)
+    for q0 in range(0, query_reps.shape[0], block):
+        q_spec = spectra(query_reps[q0 : q0 + block])  # (B, S, G, G, F)
+        chosen = picks[q0 : q0 + block]  # (B, k)
+        b, k = chosen.shape
+        gathered = ref_spec[chosen.reshape(-1)].reshape(b, k, -1, freqs)
+        r_mat = gathered.permute(0, 3, 2, 1).conj().resolve_conj().contiguous()  # (B,F,D,k)
+        best = torch.full((b, k), -float("inf"))
+        for dx in range(-shift, shift + 1):
+            for dy in range(-shift, shift + 1):
+                moved = torch.roll(q_spec, shifts=(-dx, -dy), dims=(2, 3)) if dx or dy else q_spec
+                q_mat = moved.reshape(b, 1, -1, freqs).permute(0, 3, 1, 2)  # (B, F, 1, D)
+                cross = torch.matmul(q_mat, r_mat)[:, :, 0, :].permute(0, 2, 1)  # (B, k, F)
+                corr = torch.fft.irfft(cross, n=frames, dim=-1)
+                best = torch.maximum(best, corr.amax(dim=-1))
+        value, arg = best.max(dim=1)
+        distance[q0 : q0 + block] = (1.0 - value.double()).clamp(min=0.0)
+        index[q0 : q0 + block] = chosen.gather(1, arg[:, None])[:, 0]
+    return Nearest(distance, index)
+
+
 def nearest(
     query_reps: torch.Tensor,
     reference_reps: torch.Tensor,
     *,
     shift: int,
+    candidates: int = 0,
     block: int = 256,
 ) -> Nearest:
     """Nearest reference of every query under ``1 - shift-invariant NCC``.
@@ -83,6 +159,8 @@ def nearest(
         query_reps: (N_q, S, G, G, T) normalised representations.
         reference_reps: (N_r, S, G, G, T) normalised representations.
         shift: in-plane shift searched, in grid pixels.
+        candidates: 0 for the exhaustive search; otherwise the number of coarse candidates per
+            query scored exactly (exhaustive anyway when ``N_r <= candidates``).
         block: queries and references handled per matrix product.
 
     Returns:
@@ -97,9 +175,12 @@ def nearest(
         raise ValueError(
             f"shapes differ: {tuple(query_reps.shape)} vs {tuple(reference_reps.shape)}"
         )
-    frames = query_reps.shape[-1]
-    ref_spec = spectra(reference_reps)
     with torch.no_grad():
+        if 0 < candidates < n_ref:
+            picks = _candidates(query_reps, reference_reps, candidates, block)
+            return _refine(query_reps, reference_reps, picks, shift)
+        frames = query_reps.shape[-1]
+        ref_spec = spectra(reference_reps)
         for q0 in range(0, n_query, block):
             q_spec = spectra(query_reps[q0 : q0 + block])
             for r0 in range(0, n_ref, block):

@@ -45,6 +45,8 @@ class AuditGrid:
         frames: frames per cardiac cycle after periodic resampling.
         lowpass_sigma: Gaussian low-pass in grid pixels (0 disables it).
         max_shift: in-plane shift searched, in voxels of the original 1 mm grid.
+        candidates: references per query scored exactly after a coarse shift-invariant
+            pre-selection (0: score every pair; see :mod:`fedcmr4d.release.distance`).
     """
 
     fov_mm: float = 64.0
@@ -53,11 +55,12 @@ class AuditGrid:
     frames: int = 16
     lowpass_sigma: float = 0.7
     max_shift: int = 2
+    candidates: int = 32
 
     def __post_init__(self) -> None:
         if self.fov_mm <= 0 or self.grid < 4 or self.slices < 1 or self.frames < 2:
             raise ConfigError(f"audit grid: invalid parameters {asdict(self)}")
-        if self.lowpass_sigma < 0 or self.max_shift < 0:
+        if self.lowpass_sigma < 0 or self.max_shift < 0 or self.candidates < 0:
             raise ConfigError(f"audit grid: invalid parameters {asdict(self)}")
 
     @property

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import torch
 
-from fedcmr4d.release.distance import nearest
+from fedcmr4d.data.cohort import open_cohort
+from fedcmr4d.release.distance import coarse_embedding, nearest
+from fedcmr4d.release.features import AuditGrid, represent_cohort
 
 
 def _normalised(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -42,3 +45,19 @@ def test_no_references_gives_infinite_distance():
     queries = _normalised(3, torch.Generator().manual_seed(3))
     result = nearest(queries, queries[:0], shift=1)
     assert torch.isinf(result.distance).all() and (result.index == -1).all()
+
+
+def test_two_stage_search_finds_the_exhaustive_nearest_on_phantoms(cohorts: Any):
+    grid = AuditGrid(fov_mm=32.0)
+    _, train = represent_cohort(open_cohort(cohorts.train), grid)
+    _, planted = represent_cohort(open_cohort(cohorts.planted), grid)
+    exhaustive = nearest(planted, train, shift=grid.shift_grid)
+    two_stage = nearest(planted, train, shift=grid.shift_grid, candidates=8)
+    assert torch.equal(two_stage.index, exhaustive.index)
+    assert torch.allclose(two_stage.distance, exhaustive.distance, atol=1e-5)  # float32 sums
+
+
+def test_coarse_embedding_ignores_cyclic_shifts():
+    reps = _normalised(3, torch.Generator().manual_seed(4))
+    moved = torch.roll(reps, shifts=(1, 2, 3), dims=(2, 3, 4))
+    assert torch.allclose(coarse_embedding(reps), coarse_embedding(moved), atol=1e-5)
