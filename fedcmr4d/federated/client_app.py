@@ -68,6 +68,7 @@ def train(msg: Message, context: Context) -> Message:
         autoencoder,
         rounds=rounds,
         server_round=int(config["server-round"]),  # type: ignore[arg-type]
+        proximal_mu=float(config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
     )
     return _reply(msg, site, arrays=weights_to_record(weights), metrics=metrics_to_record(metrics))
 

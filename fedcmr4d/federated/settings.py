@@ -22,16 +22,16 @@ key                          meaning
 ``synthetic-dir``            stage audit: audit this synthetic cohort instead of sampling one
 ``cohort-root``              simulation only: one cohort folder per site, sorted by name
 ``state-root``               simulation only: per-site state folders are created under it
-``test-corrupt``             TESTS ONLY: ``"<partition-id>:nan|shape|norm"`` items, comma-
-                             separated: those simulated sites corrupt their replies, to
-                             exercise the coordinator's update checks
+``test-corrupt``             TESTS ONLY: ``"<partition-id>:nan|shape|norm|crash"`` items,
+                             comma-separated: those simulated sites corrupt their replies (or
+                             fail), to exercise the coordinator's update checks
 ``test-halt-after-round``    TESTS ONLY: stop the ServerApp (as a crash would) after this many
                              rounds in total have been checkpointed; 0 disables it
 ===========================  =====================================================================
 
 Node config (``flower-supernode --node-config``): ``cohort`` (path), ``holdout-fraction``,
 ``device``, ``state-dir``, ``target-epsilon``, ``target-delta``, ``site-name``, and the test-only
-``test-corrupt`` (``nan``, ``shape`` or ``norm``).
+``test-corrupt`` (``nan``, ``shape``, ``norm`` or ``crash``).
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from fedcmr4d.errors import ConfigError
 
 STAGES = ("autoencoder", "diffusion", "audit")
 TRAIN_STAGES = ("autoencoder", "diffusion")
-CORRUPTIONS = ("nan", "shape", "norm")
+CORRUPTIONS = ("nan", "shape", "norm", "crash")
 
 ConfigValue = bool | int | float | str
 

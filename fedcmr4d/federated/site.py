@@ -16,7 +16,7 @@ import torch
 
 from fedcmr4d.config import Config
 from fedcmr4d.data.cohort import open_cohort
-from fedcmr4d.errors import InputError
+from fedcmr4d.errors import ConfigError, InputError
 from fedcmr4d.federated.settings import SiteSettings
 from fedcmr4d.train.local import split_subjects
 
@@ -81,8 +81,9 @@ def corrupt(weights: Weights, mode: str) -> Weights:
     """TESTS ONLY: spoil an update the way a faulty or hostile site might.
 
     ``nan`` puts a NaN in the first tensor, ``shape`` drops the last element of the first tensor,
-    ``norm`` adds 1e6 to every parameter. Enabled by the run config ``test-corrupt`` or the node
-    config ``test-corrupt``; it exists so tests can check the coordinator's update checks.
+    ``norm`` adds 1e6 to every parameter (``crash`` is handled in :func:`train_round`: the site
+    raises). Enabled by the run config ``test-corrupt`` or the node config ``test-corrupt``; it
+    exists so tests can check the coordinator's update checks.
     """
     out = {k: v.clone() for k, v in weights.items()}
     first = next(iter(out))
@@ -95,6 +96,25 @@ def corrupt(weights: Weights, mode: str) -> Weights:
     return out
 
 
+def add_proximal_term(trainer: Any, global_weights: Weights, mu: float) -> None:
+    """FedProx: pull local training towards the global weights.
+
+    Adds ``mu * (w - w_global)`` to every parameter's gradient, the gradient of
+    ``mu / 2 * ||w - w_global||^2``, through tensor hooks, so the trainer's own losses stay
+    untouched. Not combined with DP-SGD (the DP engine computes per-subject gradients itself).
+    """
+    from fedcmr4d.train.models import strip_prefixes
+
+    for name, model in trainer.models.items():
+        for pname, param in model.named_parameters():
+            anchor = global_weights[f"{name}.{strip_prefixes(pname)}"].to(param.device)
+
+            def hook(grad: torch.Tensor, p: torch.Tensor = param, a: torch.Tensor = anchor):
+                return grad + mu * (p.detach() - a.to(grad.dtype))
+
+            param.register_hook(hook)
+
+
 def train_round(
     stage: str,
     cfg: Config,
@@ -104,6 +124,7 @@ def train_round(
     *,
     rounds: dict[str, int],
     server_round: int,
+    proximal_mu: float = 0.0,
 ) -> tuple[Weights, dict[str, float]]:
     """Local steps from the global weights on this site's training subjects.
 
@@ -112,6 +133,7 @@ def train_round(
         server_round: 1-based round of this stage; the trainer's step counter continues from
             the steps of earlier rounds, so schedules (warm-up, adversarial start) and the DP
             plan see the stage's true step.
+        proximal_mu: FedProx weight sent by the coordinator's strategy (0: plain local SGD).
 
     Returns:
         The updated weights and the trainer's metrics (``num-examples`` included, and
@@ -120,10 +142,16 @@ def train_round(
     Raises:
         BudgetExhaustedError: this round would pass the site's privacy budget (nothing is sent).
     """
+    if site.corrupt == "crash":
+        raise RuntimeError(f"site {site.name}: test-corrupt=crash (a simulated site failure)")
     train_ids, _ = site_subjects(site, cfg)
     privacy = open_privacy(stage, cfg, site, len(train_ids), rounds)
     trainer = make_trainer(stage, cfg, site, train_ids, autoencoder, privacy)
     trainer.set_weights(global_weights)
+    if proximal_mu > 0:
+        if cfg.privacy.enabled:
+            raise ConfigError("fedprox (proximal-mu > 0) is not supported with privacy.enabled")
+        add_proximal_term(trainer, global_weights, proximal_mu)
     steps = cfg.train.autoencoder.steps if stage == "autoencoder" else cfg.train.diffusion.steps
     trainer.global_step = (server_round - 1) * steps
     metrics = dict(trainer.train(steps))

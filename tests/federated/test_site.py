@@ -1,0 +1,70 @@
+"""A site's round as plain torch code: real trainer, FedProx pull, test-only corruption."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from fedcmr4d.config import load_config
+from fedcmr4d.data.phantom import write_phantom_cohort
+from fedcmr4d.errors import ConfigError
+from fedcmr4d.federated.init_weights import initial_weights
+from fedcmr4d.federated.settings import SiteSettings
+from fedcmr4d.federated.site import corrupt, train_round
+
+ROUNDS = {"autoencoder": 1, "diffusion": 1}
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> SiteSettings:
+    root = tmp_path_factory.mktemp("site")
+    write_phantom_cohort(root / "cohort", 3, seed=7, image_size=32, slices=6, frames=16)
+    return SiteSettings(name="s", cohort=root / "cohort", state_dir=root / "state")
+
+
+def _distance(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    return math.sqrt(sum(float(((a[k] - b[k]) ** 2).sum()) for k in a))
+
+
+def test_proximal_term_keeps_the_update_closer_to_the_global_model(site: SiteSettings) -> None:
+    cfg = load_config("tiny", ["train.autoencoder.steps=4", "autoencoder.adversarial_weight=0"])
+    start = initial_weights("autoencoder", cfg)
+    distances = []
+    for mu in (0.0, 100.0):
+        torch.manual_seed(0)
+        weights, metrics = train_round(
+            "autoencoder", cfg, site, start, None, rounds=ROUNDS, server_round=1, proximal_mu=mu
+        )
+        assert metrics["num-examples"] == 2
+        distances.append(_distance(weights, start))
+    plain, proximal = distances
+    assert 0 < proximal < 0.8 * plain
+
+
+def test_fedprox_with_dp_is_refused(site: SiteSettings) -> None:
+    cfg = load_config("tiny-dp")
+    start = initial_weights("autoencoder", cfg)
+    with pytest.raises(ConfigError, match="fedprox"):
+        train_round(
+            "autoencoder", cfg, site, start, None, rounds=ROUNDS, server_round=1, proximal_mu=1.0
+        )
+
+
+def test_corruptions_spoil_what_they_say() -> None:
+    weights = {"a": torch.zeros(2, 3), "b": torch.ones(4)}
+    assert torch.isnan(corrupt(weights, "nan")["a"]).any()
+    assert corrupt(weights, "shape")["a"].shape == (5,)
+    assert float(corrupt(weights, "norm")["b"].min()) > 1e5
+    assert torch.equal(weights["a"], torch.zeros(2, 3))  # the original is untouched
+
+
+def test_crash_mode_raises_before_training(site: SiteSettings) -> None:
+    crashing = SiteSettings(name="c", cohort=site.cohort, state_dir=site.state_dir, corrupt="crash")
+    cfg = load_config("tiny")
+    with pytest.raises(RuntimeError, match="simulated site failure"):
+        train_round(
+            "autoencoder", cfg, crashing, initial_weights("autoencoder", cfg), None,
+            rounds=ROUNDS, server_round=1,
+        )  # fmt: skip
