@@ -11,7 +11,9 @@
      central disc (radius a quarter of the field of view, where the heart is): slices of one
      heart brighten and darken together as the blood pool fills and empties;
    - ``spatial``: Pearson correlation of neighbouring slices' images (10 mm apart), averaged
-     over frames: the anatomy of one heart continues from slice to slice.
+     over frames: the anatomy of one heart continues from slice to slice;
+   - ``lv_area`` (with ``--segmenter``): Pearson correlation over time of neighbouring slices'
+     segmented LV-cavity areas (slices where the LV area is flat or absent are skipped).
    Both are averaged over neighbouring pairs and subjects (pairs with a flat curve are skipped).
 3. **DDIM vs DDPM** on the one-pass model: DDIM with the config's ``sample_steps`` and DDPM
    ancestral sampling over all ``diffusion.timesteps`` training steps (the model is trained with
@@ -38,9 +40,10 @@ import torch
 
 from benchmarks.common import context, emit, peak_rss_gib, record
 from benchmarks.tiny_run import build_tiny_run
-from fedcmr4d.data.cohort import open_cohort
+from fedcmr4d.data.cohort import LABEL_LV, open_cohort
 from fedcmr4d.evaluate.features import FeatureNetwork
 from fedcmr4d.evaluate.fid import depth_moments, fid_across_depth
+from fedcmr4d.evaluate.segmenter import load_segmenter, segment_cine
 from fedcmr4d.release.sample import (
     Generator4D,
     decode_subject,
@@ -66,6 +69,12 @@ def central_disc(size: int) -> np.ndarray:
     return (xx - centre) ** 2 + (yy - centre) ** 2 <= (size / 4.0) ** 2
 
 
+def lv_area_consistency(labels: np.ndarray) -> float:
+    """Neighbouring-slice correlation of LV-cavity area curves of (X, Y, Z, T) labels."""
+    areas = (labels == LABEL_LV).sum(axis=(0, 1)).astype(np.float64)  # (Z, T)
+    return _nanmean([_pearson(areas[i], areas[i + 1]) for i in range(areas.shape[0] - 1)])
+
+
 def slice_consistency(cine: np.ndarray) -> tuple[float, float]:
     """(temporal, spatial) neighbouring-slice correlation of one (X, Y, Z, T) cine (nanmean)."""
     x, _, z, t = cine.shape
@@ -84,14 +93,23 @@ def _nanmean(values: list[float]) -> float:
     return float(np.mean(finite)) if finite else float("nan")
 
 
-def cohort_consistency(cohort_dir: Path) -> dict[str, float]:
-    """Mean temporal and spatial neighbouring-slice correlation over a cohort's subjects."""
+def cohort_consistency(cohort_dir: Path, segmenter: Any | None = None) -> dict[str, Any]:
+    """Mean neighbouring-slice correlations over a cohort's subjects (LV area: with a
+    segmenter; real subjects are segmented too, so all cohorts are measured alike)."""
     cohort = open_cohort(cohort_dir)
-    pairs = [slice_consistency(cohort.load(s, with_labels=False).cine) for s in cohort.subject_ids]
+    temporal, spatial, lv_area = [], [], []
+    for subject_id in cohort.subject_ids:
+        cine = cohort.load(subject_id, with_labels=False).cine
+        t_corr, s_corr = slice_consistency(cine)
+        temporal.append(t_corr)
+        spatial.append(s_corr)
+        if segmenter is not None:
+            lv_area.append(lv_area_consistency(segment_cine(segmenter, cine)))
     return {
-        "temporal_corr": round(_nanmean([p[0] for p in pairs]), 4),
-        "spatial_corr": round(_nanmean([p[1] for p in pairs]), 4),
-        "subjects": len(pairs),
+        "temporal_corr": round(_nanmean(temporal), 4),
+        "spatial_corr": round(_nanmean(spatial), 4),
+        "lv_area_corr": round(_nanmean(lv_area), 4) if segmenter is not None else None,
+        "subjects": len(temporal),
     }
 
 
@@ -115,7 +133,13 @@ def denoise_seconds(checkpoint: Path, n_samples: int, batch: int, seed: int) -> 
 
 
 def one_pass_vs_slicewise(
-    checkpoint: Path, slicewise: Path, n_subjects: int, batch: int, out: Path, seed: int
+    checkpoint: Path,
+    slicewise: Path,
+    n_subjects: int,
+    batch: int,
+    out: Path,
+    seed: int,
+    segmenter: Any | None,
 ) -> dict[str, Any]:
     """Time per subject (end to end and denoise only) and consistency of both cohorts."""
     slices = load_checkpoint(checkpoint).cfg.data.slices
@@ -138,8 +162,8 @@ def one_pass_vs_slicewise(
         "one_pass_denoise_s_per_subject": round(one_dn / n_subjects, 4),
         "slicewise_denoise_s_per_subject": round(sw_dn / n_subjects, 4),
         "denoise_ratio": round(sw_dn / one_dn, 2),
-        "consistency_one_pass": cohort_consistency(out / "one-pass"),
-        "consistency_slicewise": cohort_consistency(out / "slicewise"),
+        "consistency_one_pass": cohort_consistency(out / "one-pass", segmenter),
+        "consistency_slicewise": cohort_consistency(out / "slicewise", segmenter),
     }
 
 
@@ -226,8 +250,15 @@ def main() -> None:
             parser.error("--checkpoint and --slicewise-checkpoint are required (or --quick)")
         subjects = args.subjects or 8
         real = args.real or Path(load_checkpoint(args.checkpoint).meta["data"])
+        segmenter = load_segmenter(args.segmenter)[0] if args.segmenter else None
         compare = one_pass_vs_slicewise(
-            args.checkpoint, args.slicewise_checkpoint, subjects, args.batch, Path(tmp), args.seed
+            args.checkpoint,
+            args.slicewise_checkpoint,
+            subjects,
+            args.batch,
+            Path(tmp),
+            args.seed,
+            segmenter,
         )
         features = FeatureNetwork(args.segmenter) if args.segmenter else None
         real_feats = real_features_of(real, features) if features else None
@@ -242,7 +273,7 @@ def main() -> None:
         "slicewise_checkpoint": str(args.slicewise_checkpoint),
         "real": str(real),
         **compare,
-        "consistency_real": cohort_consistency(real),
+        "consistency_real": cohort_consistency(real, segmenter),
         "samplers": samplers,
         "fid_real_real_mean": real_real_fid(real_feats) if real_feats is not None else None,
         "feature_network": str(args.segmenter) if args.segmenter else None,
@@ -264,7 +295,8 @@ def _record(result: dict[str, Any], args: argparse.Namespace) -> None:
     columns = [
         "config / machine", "subjects", "one_pass_s_per_subject", "slicewise_s_per_subject",
         "ratio", "denoise_ratio", "temporal_corr one-pass / slice-wise / real",
-        "spatial_corr one-pass / slice-wise / real", "ddim_steps", "ddim_s_per_subject",
+        "spatial_corr one-pass / slice-wise / real", "lv_area_corr one-pass / slice-wise / real",
+        "ddim_steps", "ddim_s_per_subject",
         "ddim_fid", "ddpm_steps", "ddpm_s_per_subject", "ddpm_fid", "fid_real_real", "date",
     ]  # fmt: skip
     c1, c2, c3 = (
@@ -280,6 +312,9 @@ def _record(result: dict[str, Any], args: argparse.Namespace) -> None:
         ),
         "spatial_corr one-pass / slice-wise / real": " / ".join(
             str(c["spatial_corr"]) for c in (c1, c2, c3)
+        ),
+        "lv_area_corr one-pass / slice-wise / real": " / ".join(
+            str(c["lv_area_corr"]) for c in (c1, c2, c3)
         ),
         "ddim_steps": s["ddim"]["steps"],
         "ddim_s_per_subject": s["ddim"]["s_per_subject"],

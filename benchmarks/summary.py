@@ -101,6 +101,19 @@ def _first_cell(row: Row) -> str:
     return next(iter(row.values()), "")
 
 
+def _sampling_figure(r: Row) -> str:
+    triple = "one-pass / slice-wise / real"
+    return (
+        f"{_first_cell(r)}: {r.get('ratio')}x end to end, {r.get('denoise_ratio')}x denoising; "
+        f"neighbouring-slice correlations ({triple}): temporal "
+        f"{r.get(f'temporal_corr {triple}')}, spatial {r.get(f'spatial_corr {triple}')}, "
+        f"LV area {r.get(f'lv_area_corr {triple}')}; DDIM {r.get('ddim_steps')} steps "
+        f"{r.get('ddim_s_per_subject')} s/subject FID {r.get('ddim_fid')} vs DDPM "
+        f"{r.get('ddpm_steps')} steps {r.get('ddpm_s_per_subject')} s/subject FID "
+        f"{r.get('ddpm_fid')} (real-real {r.get('fid_real_real')})"
+    )
+
+
 ITEMS = [
     Item(
         "1. train step, tuned / plain",
@@ -123,13 +136,7 @@ ITEMS = [
         "3. sampling, slice-wise / one-pass time per subject",
         "sampling",
         ">= 5x",
-        lambda r: (
-            f"{_first_cell(r)}: {r.get('ratio')}x end to end, {r.get('denoise_ratio')}x "
-            f"denoising; temporal corr {r.get('temporal_corr one-pass / slice-wise / real')}; "
-            f"spatial corr {r.get('spatial_corr one-pass / slice-wise / real')}; DDIM "
-            f"{r.get('ddim_steps')} steps FID {r.get('ddim_fid')} vs DDPM {r.get('ddpm_steps')} "
-            f"FID {r.get('ddpm_fid')} (real-real {r.get('fid_real_real')})"
-        ),
+        _sampling_figure,
         lambda r: "met" if (_num(r.get("ratio")) or 0) >= 5 else "NOT met",
     ),
     Item(

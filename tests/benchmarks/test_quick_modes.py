@@ -89,6 +89,8 @@ def check_sampling(result: dict[str, Any]) -> None:
     for name in ("consistency_one_pass", "consistency_slicewise", "consistency_real"):
         block = result[name]
         assert _corr(block["temporal_corr"]) and _corr(block["spatial_corr"]), block
+        lv_area = block["lv_area_corr"]  # NaN-free float, or None when no slice pair varies
+        assert lv_area is None or _corr(lv_area), block
     assert result["consistency_real"]["subjects"] == 8
     ddim, ddpm = result["samplers"]["ddim"], result["samplers"]["ddpm"]
     assert (ddim["steps"], ddpm["steps"]) == (5, 100)  # tiny: sample_steps, timesteps
