@@ -203,21 +203,50 @@ def site_audit(
     Returns:
         Distances, synthetic ids and counts only.
     """
-    grid = synthetic.grid
-    train = _represent_dirs(train_dirs, grid)
-    holdout = _represent_dirs(holdout_dirs, grid)
+    train = _represent_dirs(train_dirs, synthetic.grid)
     if train.shape[0] == 0:
         names = ", ".join(str(d) for d in train_dirs) or "(none given)"
         raise InputError(f"site {site}: no training subjects in {names}")
+    holdout = _represent_dirs(holdout_dirs, synthetic.grid)
+    return site_audit_from_reps(
+        synthetic.ids, synthetic.reps, train, holdout, grid=synthetic.grid, site=site
+    )
+
+
+def site_audit_from_reps(
+    synthetic_ids: Sequence[str],
+    synthetic_reps: torch.Tensor,
+    train_reps: torch.Tensor,
+    holdout_reps: torch.Tensor,
+    *,
+    grid: AuditGrid,
+    site: str,
+) -> SiteAuditResult:
+    """The site computation on representations already made with ``grid``.
+
+    For sites whose train/holdout split lives inside one cohort (the federated client):
+    represent the split with :func:`fedcmr4d.release.features.represent_cohort` (``subject_ids``)
+    and call this; the search settings (shift, candidates) come from ``grid``.
+
+    Args:
+        synthetic_ids: ids of the synthetic subjects, in the order of ``synthetic_reps``.
+        synthetic_reps: (N_s, slices, grid, grid, frames) synthetic representations.
+        train_reps: (N_t, ...) the site's training subjects (N_t >= 1).
+        holdout_reps: (N_h, ...) the site's held-out subjects (may be empty).
+        grid: the audit grid all of them were made with.
+        site: the site's name.
+    """
+    if train_reps.shape[0] == 0:
+        raise InputError(f"site {site}: no training subjects to audit against")
     search = {"shift": grid.shift_grid, "candidates": grid.candidates}
     result = SiteAuditResult(
         site=site,
-        n_train=int(train.shape[0]),
-        n_holdout=int(holdout.shape[0]),
-        holdout_to_train=nearest(holdout, train, **search).distance.tolist(),
-        synthetic_ids=list(synthetic.ids),
-        synthetic_to_train=nearest(synthetic.reps, train, **search).distance.tolist(),
-        synthetic_to_holdout=nearest(synthetic.reps, holdout, **search).distance.tolist(),
+        n_train=int(train_reps.shape[0]),
+        n_holdout=int(holdout_reps.shape[0]),
+        holdout_to_train=nearest(holdout_reps, train_reps, **search).distance.tolist(),
+        synthetic_ids=list(synthetic_ids),
+        synthetic_to_train=nearest(synthetic_reps, train_reps, **search).distance.tolist(),
+        synthetic_to_holdout=nearest(synthetic_reps, holdout_reps, **search).distance.tolist(),
         grid=grid.as_dict(),
     )
     result.check()

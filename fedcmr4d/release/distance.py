@@ -96,7 +96,7 @@ def coarse_embedding(reps: torch.Tensor, keep: int = 8) -> torch.Tensor:
     return amplitude / amplitude.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-def _candidates(
+def coarse_candidates(
     query: torch.Tensor, reference: torch.Tensor, count: int, block: int
 ) -> torch.Tensor:
     """(N_q, count) indices of the references most similar in the coarse embedding."""
@@ -108,38 +108,36 @@ def _candidates(
     return torch.cat(picks)
 
 
-def _refine(
+def exact_on_candidates(
     query_reps: torch.Tensor,
     reference_reps: torch.Tensor,
     picks: torch.Tensor,
     shift: int,
-    block: int = 8,
+    block: int = 16,
 ) -> Nearest:
     """Exact shift search of every query against its own candidate references only.
 
-    The query is rolled instead of the references (same correlation, mirrored shift), so each
-    block is one batched (F, 1, D) x (F, D, k) product per in-plane shift.
+    The query is rolled instead of the references (same correlation, mirrored shift): all
+    (2k + 1)^2 rolled copies of a query form the rows of one matrix, so a block of queries is a
+    single batched (F, shifts, D) x (F, D, candidates) product.
     """
     frames = query_reps.shape[-1]
-    ref_spec = spectra(reference_reps)  # (N_r, S, G, G, F)
-    freqs = ref_spec.shape[-1]
+    n_ref, freqs = reference_reps.shape[0], frames // 2 + 1
+    ref_fd = spectra(reference_reps).reshape(n_ref, -1, freqs).transpose(1, 2).conj()
+    ref_fd = ref_fd.resolve_conj().contiguous()  # (N_r, F, D), conjugated once
+    offsets = [(dx, dy) for dx in range(-shift, shift + 1) for dy in range(-shift, shift + 1)]
     distance = torch.empty(query_reps.shape[0], dtype=torch.float64)
     index = torch.empty(query_reps.shape[0], dtype=torch.int64)
     for q0 in range(0, query_reps.shape[0], block):
         q_spec = spectra(query_reps[q0 : q0 + block])  # (B, S, G, G, F)
         chosen = picks[q0 : q0 + block]  # (B, k)
         b, k = chosen.shape
-        gathered = ref_spec[chosen.reshape(-1)].reshape(b, k, -1, freqs)
-        r_mat = gathered.permute(0, 3, 2, 1).conj().resolve_conj().contiguous()  # (B,F,D,k)
-        best = torch.full((b, k), -float("inf"))
-        for dx in range(-shift, shift + 1):
-            for dy in range(-shift, shift + 1):
-                moved = torch.roll(q_spec, shifts=(-dx, -dy), dims=(2, 3)) if dx or dy else q_spec
-                q_mat = moved.reshape(b, 1, -1, freqs).permute(0, 3, 1, 2)  # (B, F, 1, D)
-                cross = torch.matmul(q_mat, r_mat)[:, :, 0, :].permute(0, 2, 1)  # (B, k, F)
-                corr = torch.fft.irfft(cross, n=frames, dim=-1)
-                best = torch.maximum(best, corr.amax(dim=-1))
-        value, arg = best.max(dim=1)
+        moved = torch.stack([torch.roll(q_spec, (-dx, -dy), (2, 3)) for dx, dy in offsets], 1)
+        q_mat = moved.reshape(b, len(offsets), -1, freqs).permute(0, 3, 1, 2)  # (B, F, n, D)
+        r_mat = ref_fd[chosen.reshape(-1)].reshape(b, k, freqs, -1).transpose(1, 2)  # (B,F,k,D)
+        cross = torch.matmul(q_mat, r_mat.transpose(2, 3))  # (B, F, n, k)
+        corr = torch.fft.irfft(cross.permute(0, 2, 3, 1), n=frames, dim=-1)  # (B, n, k, T)
+        value, arg = corr.amax(dim=(1, 3)).max(dim=1)
         distance[q0 : q0 + block] = (1.0 - value.double()).clamp(min=0.0)
         index[q0 : q0 + block] = chosen.gather(1, arg[:, None])[:, 0]
     return Nearest(distance, index)
@@ -177,8 +175,8 @@ def nearest(
         )
     with torch.no_grad():
         if 0 < candidates < n_ref:
-            picks = _candidates(query_reps, reference_reps, candidates, block)
-            return _refine(query_reps, reference_reps, picks, shift)
+            picks = coarse_candidates(query_reps, reference_reps, candidates, block)
+            return exact_on_candidates(query_reps, reference_reps, picks, shift)
         frames = query_reps.shape[-1]
         ref_spec = spectra(reference_reps)
         for q0 in range(0, n_query, block):

@@ -23,7 +23,9 @@ site computes identical representations without seeing each other's data.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +72,13 @@ class AuditGrid:
         return int(math.ceil(self.max_shift / mm_per_pixel - 1e-9))
 
     def as_dict(self) -> dict[str, float | int]:
+        """Parameters plus the derived ``shift_grid`` (what ``audit.json`` records)."""
         return {**asdict(self), "shift_grid": self.shift_grid}
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> AuditGrid:
+        """Inverse of :meth:`as_dict` (derived keys are ignored), e.g. at a federated site."""
+        return cls(**{k: v for k, v in payload.items() if k in cls.__dataclass_fields__})
 
 
 def _crop_or_pad(plane: np.ndarray, sizes: tuple[int, int]) -> np.ndarray:
@@ -150,15 +158,17 @@ def represent_subject(subject: Subject, grid: AuditGrid) -> np.ndarray:
     return represent_cine(subject.cine, (zx, zy), grid)
 
 
-def represent_cohort(cohort: Cohort, grid: AuditGrid) -> tuple[list[str], torch.Tensor]:
-    """Representations of every subject of a cohort, loaded one at a time.
+def represent_cohort(
+    cohort: Cohort, grid: AuditGrid, subject_ids: Sequence[str] | None = None
+) -> tuple[list[str], torch.Tensor]:
+    """Representations of a cohort's subjects (all, or ``subject_ids``), loaded one at a time.
 
     Returns:
         (subject ids, tensor (N, slices, grid, grid, frames) float32).
     """
     ids: list[str] = []
     reps: list[np.ndarray] = []
-    for subject_id in cohort.subject_ids:
+    for subject_id in cohort.subject_ids if subject_ids is None else subject_ids:
         subject = cohort.load(subject_id, with_labels=False)
         ids.append(subject_id)
         reps.append(represent_subject(subject, grid))

@@ -55,3 +55,8 @@ def test_shift_in_grid_pixels_rounds_up():
 def test_invalid_grid_is_a_config_error():
     with pytest.raises(ConfigError, match="audit grid"):
         AuditGrid(grid=2)
+
+
+def test_grid_round_trips_through_its_dict():
+    grid = AuditGrid(fov_mm=48.0, grid=16, candidates=8)
+    assert AuditGrid.from_dict(grid.as_dict()) == grid
