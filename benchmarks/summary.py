@@ -10,6 +10,7 @@ benchmark:
 
 from __future__ import annotations
 
+import argparse
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,11 +25,17 @@ INTRO = f"""# Benchmarks
 
 What fedcmr4d costs and what it gives, measured by scripts in `benchmarks/` that anyone can
 rerun. Every figure below comes from a run of the command printed above its table; each row
-names the machine (CPU model and cores, or GPU), the torch version or date of the run. Ratios
-(tuned / plain, DP / non-DP, slice-wise / one-pass) are measured within ONE run of a script, so
-that a busy machine slows both sides alike. How to run them, and what each measures:
-[`benchmarks/README.md`](../benchmarks/README.md). All GPU rows are produced in one go by
-`benchmarks/gpu.sh` on a CUDA machine.
+names the machine (CPU model and cores, or GPU), and the torch version or the date of the run.
+Ratios (tuned / plain, DP / non-DP, slice-wise / one-pass) are measured within ONE run of a
+script, so that a busy machine slows both sides alike. How to run them, and what each figure
+means and does not: [`benchmarks/README.md`](../benchmarks/README.md).
+
+The development machine has 2 CPU cores and no GPU, and was shared by several jobs while some
+rows were recorded (see each row's date; absolute times are only as good as that). The GPU
+targets (tuned / plain >= 2x, DP / non-DP <= 1.5x) can only be judged on a GPU:
+`benchmarks/gpu.sh` runs every GPU row and a short `paper` run in one go on a CUDA machine, but
+no GPU has been available yet, so those rows say so instead of a verdict. The summary below is
+generated from the recorded rows by `python -m benchmarks.summary`.
 
 {START}
 {END}
@@ -208,14 +215,14 @@ def summary_table(sections: dict[str, list[Row]]) -> str:
 
 
 def rewrite(doc: Path = DOC) -> str:
-    """Put the intro (if missing) and a fresh summary between the markers; return the text."""
+    """Rewrite the introduction and the summary between the markers; keep every section."""
     text = doc.read_text() if doc.exists() else ""
-    if START not in text:
+    if START in text:
+        after = text.split(START, 1)[1].split(END, 1)[1]
+    else:  # a document written by record() alone: keep its sections
         body = text.split("\n## ", 1)
-        rest = "## " + body[1] if len(body) == 2 else ""
-        text = INTRO + ("\n" + rest if rest else "")
-    head, tail = text.split(START, 1)
-    _, after = tail.split(END, 1)
+        after = "\n\n## " + body[1] if len(body) == 2 else "\n"
+    head = INTRO.split(START, 1)[0]
     table = summary_table(parse_sections(after))
     text = f"{head}{START}\n{table}\n{END}{after}"
     doc.write_text(text)
@@ -223,8 +230,11 @@ def rewrite(doc: Path = DOC) -> str:
 
 
 def main() -> None:
-    rewrite()
-    print(DOC)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--doc", type=Path, default=DOC, help="the document to rewrite")
+    args = parser.parse_args()
+    rewrite(args.doc)
+    print(args.doc)
 
 
 if __name__ == "__main__":
