@@ -12,7 +12,8 @@ from pathlib import Path
 import typer
 
 from fedcmr4d.cli import app
-from fedcmr4d.config import AuditConfig, load_config
+from fedcmr4d.config import AuditConfig, config_from_dict, load_config, parse_override
+from fedcmr4d.errors import AuditFailedError, ConfigError
 from fedcmr4d.release.sign import PASSPHRASE_ENV, private_key_is_encrypted
 
 
@@ -47,22 +48,16 @@ def audit(
         f"(expected {result['dcr_expected']:.3f}); wrote {out}"
     )
     if not result["passed"]:
-        from fedcmr4d.errors import AuditFailedError
-
         raise AuditFailedError(f"{out}: audit failed: " + "; ".join(result["reasons"]))
 
 
 def _audit_overrides(overrides: list[str]) -> AuditConfig:
     """Defaults of :class:`AuditConfig` with ``--set audit.*`` applied and validated."""
-    from fedcmr4d.config import config_from_dict, parse_override
-
     tree: dict[str, dict[str, object]] = {"audit": {}}
     for item in overrides:
         key, value = parse_override(item)
         section, _, name = key.partition(".")
         if section != "audit" or not name or "." in name:
-            from fedcmr4d.errors import ConfigError
-
             raise ConfigError(f"--set {item}: without --config only audit.<key> can be set")
         tree["audit"][name] = value
     return config_from_dict(tree, "--set").audit
