@@ -113,7 +113,7 @@ def main() -> None:
     columns = [
         "config / machine", "n_synthetic", "n_real", "fid_mean", "fid_std",
         "fid_real_real_mean", "fid_ratio", "ef_w1", "ef_synthetic_mean", "ef_real_mean",
-        "feature_network_sha256", "date",
+        "feature_network_sha256", "torch", "date",
     ]  # fmt: skip
     record("quality", f"{result['config']} ({result['machine']})", columns, result, command)
 

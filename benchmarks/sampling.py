@@ -296,8 +296,8 @@ def _record(result: dict[str, Any], args: argparse.Namespace) -> None:
         "config / machine", "subjects", "one_pass_s_per_subject", "slicewise_s_per_subject",
         "ratio", "denoise_ratio", "temporal_corr one-pass / slice-wise / real",
         "spatial_corr one-pass / slice-wise / real", "lv_area_corr one-pass / slice-wise / real",
-        "ddim_steps", "ddim_s_per_subject",
-        "ddim_fid", "ddpm_steps", "ddpm_s_per_subject", "ddpm_fid", "fid_real_real", "date",
+        "ddim_steps", "ddim_s_per_subject", "ddim_fid", "ddpm_steps", "ddpm_s_per_subject",
+        "ddpm_fid", "fid_real_real", "torch", "date",
     ]  # fmt: skip
     c1, c2, c3 = (
         result["consistency_one_pass"],
