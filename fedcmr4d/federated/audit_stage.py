@@ -22,7 +22,7 @@ from flwr.serverapp import Grid
 from fedcmr4d.config import Config
 from fedcmr4d.errors import ConfigError, InputError
 
-log = logging.getLogger("fedcmr4d.federated")
+log = logging.getLogger("flwr.fedcmr4d")  # propagates to Flower's handler: `flwr log`
 
 
 def ensure_synthetic(out: Path, synthetic_dir: str, n_subjects: int, seed: int) -> Path:

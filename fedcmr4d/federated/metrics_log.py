@@ -66,6 +66,7 @@ def plot_metrics(path: Path, flats: Sequence[dict[str, Any]]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     stages = list(dict.fromkeys(str(f["stage"]) for f in flats))
     fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3.5), squeeze=False)
@@ -86,6 +87,7 @@ def plot_metrics(path: Path, flats: Sequence[dict[str, Any]]) -> None:
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=key)
         ax.set_title(f"{stage}: aggregated losses")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if keys:
             ax.legend(fontsize=7)
     fig.tight_layout()

@@ -49,6 +49,19 @@ def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return record
 
 
+def cast_like(record: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """``record`` with each array in the dtype of the same key in ``reference``.
+
+    Server-side optimisers (FedAdam) return float64 arrays; sending those would double the
+    message and make every site's float32 reply fail the dtype check of the next round.
+    """
+    arrays = record_to_numpy(record)
+    dtypes = {name: np.dtype(array.dtype) for name, array in reference.items()}
+    return numpy_to_record(
+        {k: v.astype(dtypes.get(k, v.dtype), copy=False) for k, v in arrays.items()}
+    )
+
+
 def record_nbytes(record: ArrayRecord) -> int:
     """Bytes of array payload in a record (what one direction of one message carries)."""
     return sum(len(array.data) for array in record.values())

@@ -37,6 +37,7 @@ from fedcmr4d.federated.audit_stage import ensure_synthetic, run_audit_stage
 from fedcmr4d.federated.init_weights import initial_weights
 from fedcmr4d.federated.metrics_log import write_metrics
 from fedcmr4d.federated.records import (
+    cast_like,
     numpy_to_record,
     record_nbytes,
     record_to_numpy,
@@ -59,7 +60,7 @@ from fedcmr4d.federated.strategies import (
 )
 from fedcmr4d.federated.validation import ValidationReport, validate_updates
 
-log = logging.getLogger("fedcmr4d.federated")
+log = logging.getLogger("flwr.fedcmr4d")  # propagates to Flower's handler: `flwr log`
 Progress = Callable[[str], None]
 
 
@@ -170,6 +171,9 @@ def run_round(
     if accepted:
         _common_metric_keys(accepted)
         new_arrays, metrics = strategy.aggregate_train(server_round, accepted)
+        if new_arrays is not None:
+            # FedAdam & co. compute in float64; the model (and every site's reply) stays float32.
+            new_arrays = cast_like(new_arrays, arrays)
     model_bytes = record_nbytes(arrays)
     extra_bytes = record_nbytes(autoencoder) if autoencoder is not None else 0
     row = {

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from fedcmr4d.federated.records import (
+    cast_like,
     metrics_to_record,
     numpy_to_record,
     parameter_count,
@@ -42,3 +43,11 @@ def test_metrics_keep_finite_numbers_only() -> None:
         {"loss": 0.5, "steps": 3, "bad": math.nan, "t": torch.tensor(2.0), "ok": True}
     )
     assert dict(record) == {"loss": 0.5, "steps": 3, "t": 2.0, "ok": 1}
+
+
+def test_cast_like_restores_the_models_dtypes() -> None:
+    reference = weights_to_record({"w": torch.zeros(3), "n": torch.zeros(2, dtype=torch.int64)})
+    aggregated = numpy_to_record({"w": np.ones(3, np.float64), "n": np.ones(2, np.float64)})
+    back = record_to_numpy(cast_like(aggregated, reference))
+    assert back["w"].dtype == np.float32 and back["n"].dtype == np.int64
+    assert np.array_equal(back["w"], np.ones(3, np.float32))

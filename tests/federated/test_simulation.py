@@ -21,8 +21,8 @@ BACKEND = simulation_backend(num_cpus=1, total_cpus=2)
 
 
 def _settings(tmp_path: Path, cohorts: Path, **kw: object) -> RunSettings:
+    kw.setdefault("config", "tiny")
     return RunSettings(
-        config="tiny",
         out_dir=str(tmp_path / "out"),
         cohort_root=str(cohorts),
         state_root=str(tmp_path / "site-state"),
@@ -82,28 +82,30 @@ def test_two_sites_one_round_of_each_stage_then_audit(tmp_path: Path, two_sites:
 
 
 @pytest.mark.slow
-def test_nan_wrong_shape_and_huge_norm_sites_are_rejected(
+def test_nan_wrong_shape_huge_norm_and_failing_sites_are_left_out(
     tmp_path: Path, site_maker: Callable[..., Path]
 ) -> None:
-    cohorts = site_maker(tmp_path, "ABCA", subjects=2)
+    cohorts = site_maker(tmp_path, "ABCAB", subjects=2)
     settings = _settings(
         tmp_path,
         cohorts,
         stages="autoencoder",
         rounds_autoencoder=1,
         overrides="train.autoencoder.steps=1",
-        test_corrupt="0:nan,1:shape,2:norm",
+        test_corrupt="0:nan,1:shape,2:norm,3:crash",
         evaluate=False,
     )
     state = run_simulated_federation(settings, backend_config=BACKEND)
 
     (row,) = state.history
-    assert row["sites_replied"] == 4 and row["sites_accepted"] == 1
-    assert [name.split(" ")[0] for name in row["accepted"]] == ["site-3-A"]
+    assert row["sites_replied"] == 5 and row["sites_accepted"] == 1
+    assert [name.split(" ")[0] for name in row["accepted"]] == ["site-4-B"]
     reasons = {r["site"].split(" ")[0]: r["reason"] for r in row["rejected"]}
     assert "NaN or Inf" in reasons["site-0-A"]
     assert "expected (" in reasons["site-1-B"]  # wrong shape
     assert "over 10 x the median" in reasons["site-2-C"]
+    (failed,) = [reason for site, reason in reasons.items() if site.startswith("node")]
+    assert "simulated site failure" in failed  # an error reply, e.g. a site that crashed
     assert state.completed_stages == ["autoencoder"]  # the round completed with the good site
 
 
@@ -111,7 +113,10 @@ def test_nan_wrong_shape_and_huge_norm_sites_are_rejected(
 def test_crash_after_round_one_then_resume_runs_the_rest_once(
     tmp_path: Path, two_sites: Path
 ) -> None:
+    """FedAdam under site-level DP-SGD (tiny-dp): strategy moments and each site's privacy
+    ledger must both survive the crash, and no round may run twice."""
     common = {
+        "config": "tiny-dp",
         "stages": "autoencoder",
         "rounds_autoencoder": 3,
         "overrides": "federation.strategy=fedadam;train.autoencoder.steps=1",
@@ -127,6 +132,13 @@ def test_crash_after_round_one_then_resume_runs_the_rest_once(
     resumed = _settings(tmp_path, two_sites, resume=True, **common)
     state = run_simulated_federation(resumed, backend_config=BACKEND)
     assert [r["round"] for r in state.history] == [1, 2, 3]
+    assert all(r["sites_accepted"] == 2 and not r["rejected"] for r in state.history)
     lines = (Path(resumed.out_dir) / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["round"] for line in lines] == [1, 2, 3]
     assert load_checkpoint(Path(resumed.out_dir) / "autoencoder").meta["round"] == 3
+
+    # The sites' ledgers live in their state folders: epsilon keeps growing after the restart.
+    epsilons = [r["train"]["epsilon"] for r in state.history]
+    assert epsilons[0] < epsilons[1] < epsilons[2]
+    ledgers = sorted((tmp_path / "site-state").glob("*/privacy-ledger.json"))
+    assert [p.parent.name for p in ledgers] == ["site-0-A", "site-1-B"]
