@@ -324,6 +324,7 @@ def combine_site_results(
     return {
         "passed": not reasons,
         "reasons": reasons,
+        "warnings": _warnings(holdout.size, config.percentile),
         "threshold": threshold,
         "n_synthetic": len(ids),
         "flagged": flagged,
@@ -361,6 +362,18 @@ def combine_site_results(
         "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "fedcmr4d_version": __version__,
     }
+
+
+def _warnings(n_holdout: int, percentile: float) -> list[str]:
+    """Caveats a steward should read even when the audit passed."""
+    resolution = 100.0 / (n_holdout + 1)
+    if resolution <= percentile:
+        return []
+    return [
+        f"only {n_holdout} holdout subjects: the {percentile:g} percentile is not resolved, so "
+        f"about {resolution:.1f} % of subjects that memorised nothing fall below the threshold; "
+        f"use at least {int(round(100.0 / percentile)) - 1} holdout subjects over all sites"
+    ]
 
 
 def _finite(value: float) -> float | None:

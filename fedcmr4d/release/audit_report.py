@@ -54,6 +54,7 @@ def render_report(audit: dict[str, Any]) -> str:
     verdict = "PASSED" if audit["passed"] else "FAILED"
     colour = "#1a7f37" if audit["passed"] else "#cf222e"
     reasons = "".join(f"<li>{esc(r)}</li>" for r in audit.get("reasons", [])) or "<li>none</li>"
+    warnings = "".join(f"<li>{esc(w)}</li>" for w in audit.get("warnings", [])) or "<li>none</li>"
     sites = "".join(
         f"<tr><td>{esc(s['site'])}</td><td>{s['n_train']}</td><td>{s['n_holdout']}</td></tr>"
         for s in audit["sites"]
@@ -79,6 +80,7 @@ td,th{{border:1px solid #ccc;padding:2px 8px}}table{{border-collapse:collapse}}<
 DCR share {audit["dcr_share"]:.3f} (expected without memorization {audit["dcr_expected"]:.3f},
 tolerance {method["dcr_tolerance"]}).</p>
 <h2>Reasons for failure</h2><ul>{reasons}</ul>
+<h2>Warnings</h2><ul>{warnings}</ul>
 <h2>Distances</h2>
 <img alt="nearest-neighbour distance histograms"
  src="data:image/png;base64,{_histogram_png(audit)}">

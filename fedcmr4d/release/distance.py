@@ -123,8 +123,8 @@ def exact_on_candidates(
     """
     frames = query_reps.shape[-1]
     n_ref, freqs = reference_reps.shape[0], frames // 2 + 1
-    ref_fd = spectra(reference_reps).reshape(n_ref, -1, freqs).transpose(1, 2).conj()
-    ref_fd = ref_fd.resolve_conj().contiguous()  # (N_r, F, D), conjugated once
+    ref_fd = spectra(reference_reps).reshape(n_ref, -1, freqs).permute(2, 0, 1).conj()
+    ref_fd = ref_fd.resolve_conj().contiguous()  # (F, N_r, D), conjugated once
     offsets = [(dx, dy) for dx in range(-shift, shift + 1) for dy in range(-shift, shift + 1)]
     distance = torch.empty(query_reps.shape[0], dtype=torch.float64)
     index = torch.empty(query_reps.shape[0], dtype=torch.int64)
@@ -133,10 +133,10 @@ def exact_on_candidates(
         chosen = picks[q0 : q0 + block]  # (B, k)
         b, k = chosen.shape
         moved = torch.stack([torch.roll(q_spec, (-dx, -dy), (2, 3)) for dx, dy in offsets], 1)
-        q_mat = moved.reshape(b, len(offsets), -1, freqs).permute(0, 3, 1, 2)  # (B, F, n, D)
-        r_mat = ref_fd[chosen.reshape(-1)].reshape(b, k, freqs, -1).transpose(1, 2)  # (B,F,k,D)
-        cross = torch.matmul(q_mat, r_mat.transpose(2, 3))  # (B, F, n, k)
-        corr = torch.fft.irfft(cross.permute(0, 2, 3, 1), n=frames, dim=-1)  # (B, n, k, T)
+        q_mat = moved.reshape(b, len(offsets), -1, freqs).permute(3, 0, 1, 2)  # (F, B, n, D)
+        r_mat = ref_fd.index_select(1, chosen.reshape(-1)).reshape(freqs, b, k, -1)  # (F,B,k,D)
+        cross = torch.matmul(q_mat.contiguous(), r_mat.transpose(2, 3))  # (F, B, n, k)
+        corr = torch.fft.irfft(cross.permute(1, 2, 3, 0), n=frames, dim=-1)  # (B, n, k, T)
         value, arg = corr.amax(dim=(1, 3)).max(dim=1)
         distance[q0 : q0 + block] = (1.0 - value.double()).clamp(min=0.0)
         index[q0 : q0 + block] = chosen.gather(1, arg[:, None])[:, 0]

@@ -61,6 +61,7 @@ def test_threshold_is_the_holdout_percentile(planted_audit: dict[str, Any]):
     assert planted_audit["threshold"] == pytest.approx(float(np.percentile(holdout, 1.0)))
     assert planted_audit["method"]["percentile"] == 1.0
     assert planted_audit["dcr_expected"] == pytest.approx(40 / 60)
+    assert "only 20 holdout subjects" in planted_audit["warnings"][0]
 
 
 def test_audit_json_lists_every_file(cohorts: Any, planted_audit: dict[str, Any]):
