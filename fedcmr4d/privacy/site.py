@@ -94,6 +94,13 @@ class SitePrivacy:
     ) -> None:
         if not cfg.privacy.enabled:
             raise ConfigError("privacy.enabled is false: no SitePrivacy for a non-DP run")
+        if cfg.privacy.grad_sample_mode != "functorch":
+            raise ConfigError(
+                f"privacy.grad_sample_mode: {cfg.privacy.grad_sample_mode!r} is not implemented; "
+                "use 'functorch' (per-subject gradients by torch.func.vmap). Opacus's hooks and "
+                "ghost modes take per-row gradients, which do not bound a subject whose loss "
+                "couples its rows (docs/privacy.md)"
+            )
         self.cfg = cfg
         self.ledger = ledger
         self.n_subjects = n_subjects

@@ -174,3 +174,9 @@ def test_a_dp_config_without_the_privacy_hook_refuses_to_train(cohort: Path) -> 
     with pytest.raises(ConfigError, match="refusing to train without DP-SGD"):
         trainer.train(1)
     assert trainer.global_step == 0
+
+
+def test_unimplemented_grad_sample_modes_are_refused() -> None:
+    cfg = load_config("tiny-dp", ["privacy.grad_sample_mode=hooks"])
+    with pytest.raises(ConfigError, match="grad_sample_mode"):
+        SitePrivacy.open(cfg, 6)
