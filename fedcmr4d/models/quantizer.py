@@ -12,12 +12,7 @@ Losses (all scalars, means over the batch, so they decompose per sample as DP-SG
 - commitment loss ``||z - sg[q]||^2`` (weighted by ``commitment_cost``) keeps encodings near codes;
 - entropy loss: mean per-position entropy of the soft assignment (confident matches) minus the
   entropy of each sample's average assignment (many codes in use). The "average" is taken within
-  each sample, not across the batch, so the loss of one sample never depends on another. The
-  usage term sees the encoder output DETACHED, so it moves only the codebook (towards crowded
-  regions of encoder space): when it also reached the encoder, the encoder learned to scatter
-  flat background over all K codes to raise usage, which made stage-2 latents noise-like (found
-  in the first cpu-small run: every slice used 256/256 codes, background vectors changed from
-  frame to frame with cosine 0.0-0.5, and the diffusion model learned no hearts).
+  each sample, not across the batch, so the loss of one sample never depends on another.
 """
 
 from __future__ import annotations
@@ -119,9 +114,7 @@ class CosineQuantizer(nn.Module):
         commitment_loss = self.commitment_cost * F.mse_loss(z_unit, quant.detach())
         probs = torch.softmax(sim / self.entropy_temperature, dim=-1)  # (N, P, K)
         per_position = _entropy(probs, dim=-1).mean()
-        codes_only = F.normalize(self._flatten(z.detach()), dim=-1) @ self.normalized_codebook().t()
-        usage = torch.softmax(codes_only / self.entropy_temperature, dim=-1).mean(dim=1)  # (N, K)
-        per_sample_usage = _entropy(usage, dim=-1).mean()
+        per_sample_usage = _entropy(probs.mean(dim=1), dim=-1).mean()
         entropy_loss = per_position - per_sample_usage
         straight_through = z_unit + (quant - z_unit).detach()
         return QuantizerOutput(
