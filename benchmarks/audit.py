@@ -245,7 +245,7 @@ def run_recall(args: argparse.Namespace) -> None:
     emit(result)
     if args.record:
         record(
-            "audit recall",
+            "memorization audit recall",
             f"{n_train} train / {n_holdout} holdout / {n_fresh} fresh + {per_kind} x 5 copies, "
             f"seed {args.seed}",
             [
@@ -256,6 +256,7 @@ def run_recall(args: argparse.Namespace) -> None:
                 "max copy distance",
                 "min fresh distance",
                 "seconds",
+                "load avg",
                 "machine",
                 "date",
             ],  # fmt: skip
