@@ -160,6 +160,9 @@ def test_missing_training_cohort_is_an_input_error(cohorts: Any, tmp_path: Path)
         run_audit(cohorts.fresh, [tmp_path / "nothing"], [cohorts.holdout])
 
 
-def test_raise_on_fail_raises_audit_failed(cohorts: Any):
+def test_raise_on_fail_raises_audit_failed(cohorts: Any, tmp_path: Path):
+    copy = open_cohort(cohorts.fresh).load("fresh000")
+    write_subject(tmp_path / "synthetic", copy)
+    write_cohort_index(tmp_path / "synthetic", ["fresh000"])
     with pytest.raises(AuditFailedError, match="audit failed"):
-        run_audit(cohorts.holdout, [cohorts.holdout], [cohorts.fresh], raise_on_fail=True)
+        run_audit(tmp_path / "synthetic", [cohorts.fresh], [cohorts.holdout], raise_on_fail=True)
