@@ -147,6 +147,8 @@ def build_release(
     cohort_dir, audit_path, out = Path(synthetic_dir), Path(audit_path), Path(out_dir)
     if out.exists():
         raise ConfigError(f"{out}: already exists; refusing to overwrite a release")
+    if out.resolve().is_relative_to(cohort_dir.resolve()):
+        raise ConfigError(f"{out}: inside the cohort {cohort_dir}; put the release elsewhere")
     audit = read_audit(audit_path)
     check_audit_matches(audit, audit_path, cohort_dir)
     index = _read_index(cohort_dir)

@@ -200,6 +200,9 @@ def test_release_refused_when_the_cohort_changed_after_the_audit(
 
 
 def test_release_refuses_an_existing_out(inputs: dict[str, Path]):
+    with pytest.raises(ConfigError, match="inside the cohort"):
+        build_release(inputs["synthetic"], inputs["audit"], inputs["key"],
+                      inputs["synthetic"] / "release", passphrase=PASS)  # fmt: skip
     with pytest.raises(ConfigError, match="already exists"):
         build_release(inputs["synthetic"], inputs["audit"], inputs["key"], inputs["release"],
                       passphrase=PASS)  # fmt: skip
