@@ -123,6 +123,11 @@ class PrivacyConfig(_Strict):
     max_grad_norm: float = Field(1.0, gt=0)
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
     grad_sample_mode: Literal["hooks", "functorch", "ghost"] = "functorch"
+    optimizer: Literal["train", "sgd"] = Field(
+        "train", description="under DP: the train section's AdamW, or SGD with momentum"
+    )
+    sgd_lr: float = Field(0.02, gt=0, description="learning rate when optimizer is sgd")
+    sgd_momentum: float = Field(0.9, ge=0, lt=1)
 
 
 class FederationConfig(_Strict):

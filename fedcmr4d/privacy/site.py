@@ -23,7 +23,12 @@ from fedcmr4d.privacy.accounting import PRIVACY_FILE, Segment, SiteAccountant, d
 from fedcmr4d.privacy.budget import check_budget, derive_noise_multiplier
 from fedcmr4d.privacy.engine import SubjectDP
 from fedcmr4d.privacy.guards import check_dp_model
-from fedcmr4d.privacy.steps import autoencoder_step, check_trainer_supported, diffusion_step
+from fedcmr4d.privacy.steps import (
+    autoencoder_step,
+    check_trainer_supported,
+    diffusion_step,
+    use_sgd,
+)
 
 if TYPE_CHECKING:
     from fedcmr4d.train.trainer import StageTrainer
@@ -237,6 +242,8 @@ class SitePrivacy:
         for name, model in trainer.models.items():
             check_dp_model(model, name=name)
         engine = self.engine(trainer.stage, start_step=trainer.global_step, device=trainer.device)
+        if self.cfg.privacy.optimizer == "sgd":
+            use_sgd(trainer, lr=self.cfg.privacy.sgd_lr, momentum=self.cfg.privacy.sgd_momentum)
         for name, optimizer in list(trainer.optimizers.items()):
             trainer.optimizers[name] = engine.wrap(optimizer)
         self.engines[trainer.stage] = engine

@@ -180,3 +180,12 @@ def test_unimplemented_grad_sample_modes_are_refused() -> None:
     cfg = load_config("tiny-dp", ["privacy.grad_sample_mode=hooks"])
     with pytest.raises(ConfigError, match="grad_sample_mode"):
         SitePrivacy.open(cfg, 6)
+
+
+def test_sgd_option_replaces_the_optimizers_under_dp(cohort: Path) -> None:
+    cfg = load_config("tiny-dp", ["privacy.optimizer=sgd", "privacy.sgd_lr=0.05"])
+    trainer = StageTrainer("autoencoder", cfg, cohort, privacy=SitePrivacy.open(cfg, 6, seed=0))
+    for optimizer in trainer.optimizers.values():
+        assert isinstance(optimizer, DPOptimizer)
+        assert isinstance(optimizer.original_optimizer, torch.optim.SGD)
+        assert optimizer.param_groups[0]["lr"] == 0.05
