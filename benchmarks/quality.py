@@ -111,11 +111,12 @@ def main() -> None:
     command = f"python -m benchmarks.quality --checkpoint {args.checkpoint} --subjects {subjects}"
     command += f" --segmenter {args.segmenter}" if args.segmenter else ""
     columns = [
-        "config / machine", "n_synthetic", "n_real", "fid_mean", "fid_std",
+        "config: checkpoint (machine)", "n_synthetic", "n_real", "fid_mean", "fid_std",
         "fid_real_real_mean", "fid_ratio", "ef_w1", "ef_synthetic_mean", "ef_real_mean",
         "feature_network_sha256", "torch", "date",
     ]  # fmt: skip
-    record("quality", f"{result['config']} ({result['machine']})", columns, result, command)
+    key = f"{result['config']}: {args.checkpoint.name} ({result['machine']})"
+    record("quality", key, columns, result, command)
 
 
 if __name__ == "__main__":

@@ -293,7 +293,8 @@ def _record(result: dict[str, Any], args: argparse.Namespace) -> None:
         f"--batch {args.batch}" + (f" --segmenter {args.segmenter}" if args.segmenter else "")
     )
     columns = [
-        "config / machine", "subjects", "one_pass_s_per_subject", "slicewise_s_per_subject",
+        "config: one-pass vs slice-wise (machine)", "subjects", "one_pass_s_per_subject",
+        "slicewise_s_per_subject",
         "ratio", "denoise_ratio", "temporal_corr one-pass / slice-wise / real",
         "spatial_corr one-pass / slice-wise / real", "lv_area_corr one-pass / slice-wise / real",
         "ddim_steps", "ddim_s_per_subject", "ddim_fid", "ddpm_steps", "ddpm_s_per_subject",
@@ -324,7 +325,9 @@ def _record(result: dict[str, Any], args: argparse.Namespace) -> None:
         "ddpm_fid": s["ddpm"]["fid_mean"],
         "fid_real_real": result["fid_real_real_mean"],
     }
-    record("sampling", f"{result['config']} ({result['machine']})", columns, row, command)
+    pair = f"{Path(args.checkpoint).name} vs {Path(args.slicewise_checkpoint).name}"
+    key = f"{result['config']}: {pair} ({result['machine']})"
+    record("sampling", key, columns, row, command)
 
 
 if __name__ == "__main__":
