@@ -71,6 +71,8 @@ def test_stage_two_on_stage_one_weights(
 ) -> None:
     with pytest.raises(ValueError, match="autoencoder_weights"):
         StageTrainer("diffusion", tiny_cfg, tiny_cohort)
+    tiny_cfg.train.diffusion.ema_decay = 0.5
+    tiny_cfg.train.diffusion.grad_accumulation = 2
     trainer = StageTrainer(
         "diffusion", tiny_cfg, tiny_cohort, autoencoder_weights=ae_trainer.get_weights()
     )
@@ -83,6 +85,12 @@ def test_stage_two_on_stage_one_weights(
     metrics = trainer.train(1)
     assert trainer.global_step == 1 and metrics["num-examples"] == 4.0
     assert torch.isfinite(torch.tensor(metrics["loss"]))
+    ema, now = trainer.ema_weights(), trainer.get_weights()
+    assert list(ema) == [f"ema.{k}" for k in now]
+    moved = [k for k in now if not torch.equal(now[k], weights[k])]
+    assert moved and all(
+        torch.allclose(ema[f"ema.{k}"], 0.5 * weights[k] + 0.5 * now[k], atol=1e-6) for k in moved
+    )
     assert set(trainer.evaluate(["phantom002"])) == {"val_loss", "num-examples"}
 
 
