@@ -278,6 +278,7 @@ def main() -> None:
         "fid_real_real_mean": real_real_fid(real_feats) if real_feats is not None else None,
         "feature_network": str(args.segmenter) if args.segmenter else None,
         "peak_rss_gib": round(peak_rss_gib(), 2),
+        "torch_threads": torch.get_num_threads(),
         **context(),
     }
     emit(result)

@@ -266,6 +266,7 @@ def main() -> None:
         "steps": args.steps,
         "warmup": args.warmup,
         "stages": stages,
+        "torch_threads": torch.get_num_threads(),
         **context(),
     }
     emit(result)
