@@ -102,6 +102,9 @@ def sample(
     slicewise: bool = typer.Option(
         False, "--slicewise", help="Checkpoint is a slice-wise baseline (stack_slices: 1)."
     ),
+    raw: bool = typer.Option(
+        False, "--raw-weights", help="Use the raw UNet weights even if the checkpoint has EMA."
+    ),
     quiet: bool = _QUIET,
 ) -> None:
     """Synthetic cohort from a stage-2 checkpoint (which names its autoencoder)."""
@@ -116,5 +119,6 @@ def sample(
         batch_size=batch_size,
         device=device,
         progress=not quiet,
+        use_ema=not raw,
     )
     typer.echo(json.dumps({"out": str(out), "subjects": len(cohort)}))

@@ -53,6 +53,7 @@ class Generator4D:
     stack_slices: int
     checkpoint: Checkpoint
     device: torch.device
+    used_ema: bool = False
 
     @property
     def latent_shape(self) -> tuple[int, int, int, int]:
@@ -61,8 +62,13 @@ class Generator4D:
         return (self.stack_slices * d, h, w, t)
 
 
-def load_generator(checkpoint_dir: str | Path, device: str = "auto") -> Generator4D:
-    """Load a stage-2 checkpoint and the stage-1 checkpoint it names (SHA-256 checked)."""
+def load_generator(
+    checkpoint_dir: str | Path, device: str = "auto", *, use_ema: bool = True
+) -> Generator4D:
+    """Load a stage-2 checkpoint and the stage-1 checkpoint it names (SHA-256 checked).
+
+    ``use_ema``: take the ``ema.unet.*`` weights when the checkpoint has them (else ``unet.*``).
+    """
     ckpt = load_checkpoint(checkpoint_dir)
     if ckpt.stage != "diffusion":
         raise InputError(f"{checkpoint_dir}: a {ckpt.stage} checkpoint; sampling needs diffusion")
@@ -83,7 +89,7 @@ def load_generator(checkpoint_dir: str | Path, device: str = "auto") -> Generato
     cfg = ckpt.cfg
     dev = resolve_device(cfg.train.device if device == "auto" else device)
     unet = build_denoiser(cfg)
-    ema = sub_weights(ckpt.weights, "ema.unet")
+    ema = sub_weights(ckpt.weights, "ema.unet") if use_ema else {}
     state = ema or sub_weights(ckpt.weights, "unet")
     try:
         unet.load_state_dict(state, strict=True)
@@ -101,6 +107,7 @@ def load_generator(checkpoint_dir: str | Path, device: str = "auto") -> Generato
         stack_slices=stack_slices_of(cfg),
         checkpoint=ckpt,
         device=dev,
+        used_ema=bool(ema),
     )
 
 
@@ -151,6 +158,7 @@ def _provenance(gen: Generator4D, seed: int, mode: str) -> dict[str, Any]:
         "seed": seed,
         "sampler": gen.cfg.diffusion.sampler,
         "sample_steps": gen.cfg.diffusion.sample_steps,
+        "weights": "ema" if gen.used_ema else "raw",
         "code_version": code_version(),
         "checkpoint_code_version": meta.get("code_version"),
     }
@@ -199,12 +207,13 @@ def _run(
     device: str,
     progress: bool,
     slicewise: bool,
+    use_ema: bool = True,
 ) -> Cohort:
     if n_subjects < 1:
         raise ValueError(f"n_subjects must be >= 1, got {n_subjects}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    gen = load_generator(checkpoint_dir, device)
+    gen = load_generator(checkpoint_dir, device, use_ema=use_ema)
     slices = gen.cfg.data.slices
     if slicewise and gen.stack_slices != 1:
         raise InputError(
@@ -263,6 +272,7 @@ def sample_cohort(
     batch_size: int = 4,
     device: str = "auto",
     progress: bool = False,
+    use_ema: bool = True,
 ) -> Cohort:
     """One diffusion pass per subject -> (X, Y, S, T) cines -> a cohort in ``out_dir``."""
     return _run(
@@ -274,6 +284,7 @@ def sample_cohort(
         device=device,
         progress=progress,
         slicewise=False,
+        use_ema=use_ema,
     )
 
 
@@ -286,6 +297,7 @@ def sample_slicewise(
     batch_size: int = 4,
     device: str = "auto",
     progress: bool = False,
+    use_ema: bool = True,
 ) -> Cohort:
     """Baseline: S independent single-slice samples per subject, stacked into a cohort.
 
@@ -300,4 +312,5 @@ def sample_slicewise(
         device=device,
         progress=progress,
         slicewise=True,
+        use_ema=use_ema,
     )

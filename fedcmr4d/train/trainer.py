@@ -423,7 +423,10 @@ class StageTrainer:
     def _update_ema(self) -> None:
         if self.ema is None:
             return
-        decay = self.train_cfg.ema_decay
+        # Warm-up (as in common EMA implementations): with a fixed 0.999 the average of a
+        # 1 500-step run would still hold 0.999 ** 1500 = 22 % of the random initial weights.
+        step = self.global_step
+        decay = min(self.train_cfg.ema_decay, (1 + step) / (10 + step))
         for key, param in self._named_parameters():
             self.ema[key].mul_(decay).add_(param.detach().float().cpu(), alpha=1 - decay)
 

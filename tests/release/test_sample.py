@@ -84,3 +84,36 @@ def test_replaced_autoencoder_is_refused(tmp_path: Path, checkpoints: dict[str, 
         sample_cohort(copy / "ldm", 1, tmp_path / "z")
     with pytest.raises(InputError, match="diffusion"):
         sample_cohort(checkpoints["one_pass"].parent / "ae", 1, tmp_path / "w")
+
+
+def test_pool_area_change_sees_a_beat_and_not_a_still_image() -> None:
+    from fedcmr4d.release.sample_figure import pool_area_change
+
+    yy, xx = np.mgrid[:32, :32]
+    radius = 6 - 3 * np.sin(np.linspace(0, np.pi, 16))  # contracts to half and back
+    disk = ((xx - 16) ** 2 + (yy - 16) ** 2)[..., None] < radius[None, None, :] ** 2
+    beating = np.repeat(disk[:, :, None, :], 2, axis=2).astype(np.float32)
+    assert pool_area_change(beating) > 0.5
+    assert pool_area_change(np.repeat(beating[..., :1], 16, axis=3)) == 0.0
+
+
+def test_frame_figure(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
+    from fedcmr4d.release.sample_figure import main
+
+    sample_cohort(checkpoints["one_pass"], 2, tmp_path / "s", seed=0)
+    out = tmp_path / "fig.png"
+    main(
+        [
+            "--synthetic",
+            str(tmp_path / "s"),
+            "--real",
+            str(checkpoints["one_pass"].parents[1] / "cohort"),
+            "--out",
+            str(out),
+            "--subjects",
+            "2",
+            "--frames",
+            "4",
+        ]
+    )
+    assert out.stat().st_size > 1000
