@@ -18,6 +18,7 @@ from fedcmr4d.config import Config
 from fedcmr4d.data.cohort import open_cohort
 from fedcmr4d.errors import ConfigError, InputError
 from fedcmr4d.federated.settings import SiteSettings
+from fedcmr4d.privacy.site import releasable_metrics
 from fedcmr4d.train.local import split_subjects
 
 Weights = dict[str, torch.Tensor]
@@ -154,7 +155,7 @@ def train_round(
         add_proximal_term(trainer, global_weights, proximal_mu)
     steps = cfg.train.autoencoder.steps if stage == "autoencoder" else cfg.train.diffusion.steps
     trainer.global_step = (server_round - 1) * steps
-    metrics = dict(trainer.train(steps))
+    metrics = releasable_metrics(trainer.train(steps), dp=cfg.privacy.enabled)
     weights = trainer.get_weights()
     if site.corrupt:
         weights = corrupt(weights, site.corrupt)
@@ -168,7 +169,11 @@ def evaluate_round(
     global_weights: Weights,
     autoencoder: Weights | None,
 ) -> dict[str, float]:
-    """Losses of the global model on this site's holdout subjects (never trained on)."""
+    """Losses of the global model on this site's holdout subjects (never trained on).
+
+    Under DP these losses are not covered by ε (holdout patients are site data too, and the
+    values are neither clipped nor noised), so only the subject count is returned.
+    """
     train_ids, holdout_ids = site_subjects(site, cfg)
     if not holdout_ids:
         return {"num-examples": 0}
@@ -176,7 +181,7 @@ def evaluate_round(
     trainer.set_weights(global_weights)
     metrics = dict(trainer.evaluate(holdout_ids))
     metrics.setdefault("num-examples", len(holdout_ids))
-    return metrics
+    return releasable_metrics(metrics, dp=cfg.privacy.enabled)
 
 
 def audit_site(

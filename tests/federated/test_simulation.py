@@ -140,5 +140,7 @@ def test_crash_after_round_one_then_resume_runs_the_rest_once(
     # The sites' ledgers live in their state folders: epsilon keeps growing after the restart.
     epsilons = [r["train"]["epsilon"] for r in state.history]
     assert epsilons[0] < epsilons[1] < epsilons[2]
+    # Under DP a site sends no training loss (not covered by epsilon): only epsilon, delta, count.
+    assert all(set(r["train"]) <= {"epsilon", "delta", "num-examples"} for r in state.history)
     ledgers = sorted((tmp_path / "site-state").glob("*/privacy-ledger.json"))
     assert [p.parent.name for p in ledgers] == ["site-0-A", "site-1-B"]
