@@ -193,8 +193,9 @@ def audit_site(
 ) -> dict[str, Any]:
     """This site's share of the memorization audit: distances and counts only.
 
-    Same computation as :func:`fedcmr4d.release.audit.site_audit`, but on the site's own
-    train/holdout split of one cohort (that function takes whole cohort folders).
+    The site represents its own train/holdout split of its cohort on the coordinator's grid and
+    runs :func:`fedcmr4d.release.audit.site_audit_from_reps`, the computation the local audit
+    uses too.
 
     Args:
         synthetic_ids: the synthetic subjects' ids, in the order of ``synthetic_reps``.
@@ -205,31 +206,16 @@ def audit_site(
     Returns:
         ``SiteAuditResult.to_dict()``: no image, no real subject id leaves the site.
     """
-    from fedcmr4d.release.audit import SiteAuditResult
-    from fedcmr4d.release.distance import nearest
-    from fedcmr4d.release.features import AuditGrid, represent_subject
+    from fedcmr4d.release.audit import site_audit_from_reps
+    from fedcmr4d.release.features import AuditGrid, represent_cohort
 
-    audit_grid = AuditGrid(**{k: v for k, v in grid.items() if k != "shift_grid"})
+    audit_grid = AuditGrid.from_dict(grid)
     train_ids, holdout_ids = site_subjects(site, cfg)
     cohort = open_cohort(site.cohort)
-
-    def represent(ids: list[str]) -> torch.Tensor:
-        shape = (0, audit_grid.slices, audit_grid.grid, audit_grid.grid, audit_grid.frames)
-        reps = [represent_subject(cohort.load(i, with_labels=False), audit_grid) for i in ids]
-        return torch.from_numpy(np.stack(reps)) if reps else torch.zeros(shape)
-
-    train, holdout = represent(train_ids), represent(holdout_ids)
+    _, train = represent_cohort(cohort, audit_grid, train_ids)
+    _, holdout = represent_cohort(cohort, audit_grid, holdout_ids)
     synthetic = torch.from_numpy(np.ascontiguousarray(synthetic_reps, dtype=np.float32))
-    shift = audit_grid.shift_grid
-    result = SiteAuditResult(
-        site=site.name,
-        n_train=int(train.shape[0]),
-        n_holdout=int(holdout.shape[0]),
-        holdout_to_train=nearest(holdout, train, shift=shift).distance.tolist(),
-        synthetic_ids=list(synthetic_ids),
-        synthetic_to_train=nearest(synthetic, train, shift=shift).distance.tolist(),
-        synthetic_to_holdout=nearest(synthetic, holdout, shift=shift).distance.tolist(),
-        grid=audit_grid.as_dict(),
+    result = site_audit_from_reps(
+        list(synthetic_ids), synthetic, train, holdout, grid=audit_grid, site=site.name
     )
-    result.check()
     return result.to_dict()
