@@ -50,10 +50,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, no docs row")
     parser.add_argument("--out", type=Path, default=None, help="default: runs/eval-phantom")
     parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=600)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--features", default="8,8,16,32,64,8", help="segmenter widths")
     args = parser.parse_args()
-    size, steps, n_train, n_eval = (32, 20, 4, 6) if args.quick else (args.size, args.steps, 16, 24)
-    cfg = load_config("cpu-small", [f"evaluate.segmenter_steps={steps}"])
+    size, steps, n_train, n_eval = (32, 20, 4, 6) if args.quick else (args.size, args.steps, 16, 20)
+    overrides = [
+        f"evaluate.segmenter_steps={steps}",
+        f"evaluate.segmenter_batch_size={args.batch}",
+        f"evaluate.segmenter_features=[{args.features}]",
+    ]
+    cfg = load_config("cpu-small", overrides)
     out = args.out or (Path(tempfile.mkdtemp()) if args.quick else Path("runs/eval-phantom"))
     started = time.monotonic()
     write_phantom_cohort(out / "train", n_train, seed=11, image_size=size)
@@ -105,7 +112,7 @@ def main() -> None:
             "peak_rss_gib",
         ]
         row = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in result.items()}
-        key = f"{size}px, {n_train} train / {n_eval}+{n_eval} eval, {steps} steps"
+        key = f"{size}px, {n_train} train / {n_eval}+{n_eval} eval, {steps} x {args.batch} frames"
         record("eval_phantom", key, columns, row, "python benchmarks/eval_phantom.py")
 
 

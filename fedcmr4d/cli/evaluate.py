@@ -26,6 +26,8 @@ def train_segmenter_command(
 
     Writes `segmenter.safetensors`, `config.yaml` and `meta.json` to OUT. Its encoder is also the
     default feature network of `fedcmr4d evaluate`.
+
+    Example: `fedcmr4d train segmenter --config cpu-small --data cohort/ --out runs/segmenter`
     """
     from fedcmr4d.data.cohort import open_cohort
     from fedcmr4d.evaluate.segmenter import train_segmenter
@@ -51,7 +53,14 @@ def evaluate_command(
     config: str = typer.Option("tiny", "--config", help="Config name or YAML file."),
     overrides: list[str] = typer.Option([], "--set", help="Override one config value."),
 ) -> None:
-    """FID across depth, LV volume curves and EF, and a self-contained report.html."""
+    """FID across depth, LV volume curves and EF, and a self-contained report.html.
+
+    Writes OUT/metrics.json, OUT/report.html and OUT/plots/. Without --segmenter, trains one on
+    the real cohort's labelled frames into OUT/segmenter/ first.
+
+    Example: `fedcmr4d evaluate --synthetic samples/ --real cohort/ --out runs/eval
+    --segmenter runs/segmenter`
+    """
     from fedcmr4d.evaluate import evaluate_cohorts
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")

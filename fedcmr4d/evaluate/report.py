@@ -131,15 +131,19 @@ def plot_montage(slices: Mapping[str, np.ndarray], title: str, columns: int = 8)
     return _png(fig)
 
 
-def cine_gif(cine: np.ndarray, frame_ms: float, scale: int = 2) -> bytes:
+def cine_gif(cine: np.ndarray, frame_ms: float, tile: int = 128) -> bytes:
     """Animated GIF of a cine: every slice side by side, one GIF frame per cine frame.
 
     Args:
         cine: (X, Y, Z, T) in [0, 1].
         frame_ms: display time per frame (clamped to 20..200 ms).
-        scale: nearest-neighbour magnification.
+        tile: about how many pixels each slice gets (small cines are magnified by whole
+            factors, large ones subsampled, so a 384 x 384 cohort does not make 10 MB GIFs).
     """
+    step = max(1, -(-max(cine.shape[:2]) // tile))
+    cine = cine[::step, ::step]
     x, y, z, t = cine.shape
+    scale = max(1, min(4, tile // max(x, y)))
     tiles = np.clip(cine, 0, 1).transpose(3, 1, 2, 0)[:, ::-1]  # (T, Y, Z, X), y up
     strip = tiles.reshape(t, y, z * x)
     strip = np.repeat(np.repeat(strip, scale, axis=1), scale, axis=2)
