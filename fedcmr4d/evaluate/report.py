@@ -80,7 +80,7 @@ def plot_volume_curves(
         for curve in curves.values():
             phase = np.arange(len(curve)) / len(curve)
             ax.plot(phase, curve, color=colour, alpha=0.2, linewidth=0.8)
-            stack.append(np.interp(np.linspace(0, 1, 32, endpoint=False), phase, curve))
+            stack.append(np.interp(np.linspace(0, 1, 32, endpoint=False), phase, curve, period=1.0))
         grid = np.linspace(0, 1, 32, endpoint=False)
         ax.plot(grid, np.mean(stack, axis=0), color=colour, linewidth=2.5, label=f"{name} mean")
     ax.set_xlabel("cycle phase (frame / frames)")
