@@ -47,6 +47,7 @@ def run_simulated_federation(
     """
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence a Ray notice
     root = Path(settings.cohort_root)
     if not root.is_dir():
         raise ConfigError(f"{root}: cohort-root is not a folder (one cohort folder per site)")
@@ -60,9 +61,12 @@ def run_simulated_federation(
     from fedcmr4d.federated.client_app import app as client_app
 
     flwr_logger = logging.getLogger("flwr")
-    level = flwr_logger.level
+    level, propagate = flwr_logger.level, flwr_logger.propagate
+    known = _KnownNoticeFilter()
     if quiet:
         flwr_logger.setLevel(logging.WARNING)
+        flwr_logger.propagate = False  # Ray adds a root handler: every line would print twice
+        flwr_logger.addFilter(known)
     try:
         run_simulation(
             server_app=make_server_app(settings, progress),
@@ -72,11 +76,28 @@ def run_simulated_federation(
         )
     finally:
         flwr_logger.setLevel(level)
+        flwr_logger.propagate = propagate
+        flwr_logger.removeFilter(known)
         _shutdown_ray()
     snapshot = load_snapshot(Path(settings.out_dir))
     if snapshot is None:
         raise ConfigError(f"{settings.out_dir}: the simulation left no checkpoint")
     return snapshot.state
+
+
+class _KnownNoticeFilter(logging.Filter):
+    """Drops Flower notices that are expected here and would only alarm a user.
+
+    The in-process ``run_simulation`` is deprecated in favour of ``flwr run`` (which starts a
+    SuperLink daemon; see FIELD-NOTES), and our ServerApp runs its own evaluation, so Flower's
+    "fraction_evaluate is set to 0.0" notice is expected too.
+    """
+
+    NOTICES = ("The `run_simulation` function is deprecated", "fraction_evaluate is set to 0.0")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(notice in message for notice in self.NOTICES)
 
 
 def _shutdown_ray() -> None:
