@@ -27,7 +27,7 @@ pytestmark = pytest.mark.slow
 
 SIZE = 32
 SEGMENTER = [
-    "evaluate.segmenter_steps=600",
+    "evaluate.segmenter_steps=300",
     "evaluate.segmenter_features=[8,8,16,32,64,8]",
 ]
 
