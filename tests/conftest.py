@@ -7,8 +7,13 @@ import os
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import sys  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+from fedcmr4d.cli import main  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -16,3 +21,23 @@ torch.set_num_threads(2)
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture()
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., tuple[int, str]]:
+    """Run the real console entry point in-process; return (exit code, stdout + stderr)."""
+
+    def run(*args: str) -> tuple[int, str]:
+        monkeypatch.setattr(sys, "argv", ["fedcmr4d", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        captured = capsys.readouterr()
+        return code, captured.out + captured.err
+
+    return run

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fedcmr4d.cli import main
 from fedcmr4d.data.cohort import open_cohort, write_cohort_index, write_subject
 from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.release.controls import NEAR_COPY_KINDS, near_copy
@@ -57,23 +54,3 @@ def cohorts(tmp_path_factory: pytest.TempPathFactory) -> Cohorts:
     write_phantom_cohort(root / "fresh", 20, 103, id_prefix="fresh", **kw)
     kinds = write_planted(root / "planted", root / "train", root / "fresh", 2, seed=7)
     return Cohorts(root / "train", root / "holdout", root / "fresh", root / "planted", kinds)
-
-
-@pytest.fixture()
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., tuple[int, str]]:
-    """Run the real console entry point in-process; return (exit code, stdout + stderr)."""
-
-    def run(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["fedcmr4d", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        captured = capsys.readouterr()
-        return code, captured.out + captured.err
-
-    return run

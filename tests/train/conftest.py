@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from fedcmr4d.cli import main
 from fedcmr4d.config import Config, load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
 
@@ -23,23 +20,3 @@ def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture()
 def tiny_cfg() -> Config:
     return load_config("tiny")
-
-
-@pytest.fixture()
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Callable[..., tuple[int, str]]:
-    """Run the real console entry point in-process; return (exit code, stdout + stderr)."""
-
-    def run(*args: str) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["fedcmr4d", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        captured = capsys.readouterr()
-        return code, captured.out + captured.err
-
-    return run
