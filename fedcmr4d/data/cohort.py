@@ -100,6 +100,24 @@ def atomic_write_json(path: Path, payload: Any) -> None:
     atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
 
 
+def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
+    """Parse ``path`` as a JSON object, or raise :class:`InputError` naming the file and why.
+
+    The one reader for every small JSON file the toolkit consumes (cohort index, subject meta,
+    checkpoint meta, audit, sidecars), so each reports unreadable, malformed and non-object
+    content the same way.
+    """
+    try:
+        payload = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: invalid JSON in {what} ({exc})") from None
+    if not isinstance(payload, dict):
+        raise InputError(f"{path}: {what} must be a JSON object")
+    return payload
+
+
 def _validate_subject(subject: Subject) -> None:
     cine = subject.cine
     if cine.ndim != 4 or min(cine.shape) == 0:
@@ -169,10 +187,7 @@ def read_subject(cohort_dir: str | Path, subject_id: str, with_labels: bool = Tr
             raise InputError(f"{folder / LABELS_FILE}: shape {labels.shape} != cine {cine.shape}")
     meta: dict[str, Any] = {}
     if (folder / META_FILE).exists():
-        try:
-            meta = json.loads((folder / META_FILE).read_text())
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{folder / META_FILE}: invalid JSON ({exc})") from None
+        meta = read_json_object(folder / META_FILE, "subject meta")
     meta.pop("subject_id", None)
     return Subject(subject_id, cine, cine_img.affine, frame_ms, labels, meta)
 
@@ -229,10 +244,7 @@ def open_cohort(cohort_dir: str | Path) -> Cohort:
     path = root / COHORT_INDEX
     if not path.is_file():
         raise InputError(f"{path}: missing; is {root} a cohort folder? (see docs/formats.md)")
-    try:
-        index = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from None
+    index = read_json_object(path, "cohort index")
     for key in ("format_version", "subjects"):
         if key not in index:
             raise InputError(f"{path}: missing key '{key}'")

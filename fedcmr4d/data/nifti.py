@@ -18,7 +18,6 @@ Generic layout (``--format nifti``)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -28,7 +27,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from fedcmr4d.data.cohort import LABEL_LV, LABEL_UNLABELLED, Subject
+from fedcmr4d.data.cohort import LABEL_LV, LABEL_UNLABELLED, Subject, read_json_object
 from fedcmr4d.errors import InputError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -184,13 +183,7 @@ def strip_nifti_suffix(name: str) -> str | None:
 def _read_sidecar(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
-    try:
-        payload = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: invalid JSON sidecar ({exc})") from None
-    if not isinstance(payload, dict):
-        raise InputError(f"{path}: JSON sidecar must be an object")
-    return payload
+    return read_json_object(path, "JSON sidecar")
 
 
 def _check_frame(path: Path, key: str, value: Any, frames: int) -> int:

@@ -16,7 +16,6 @@ resolved config) and ``meta.json`` (written last: a folder without it is not a c
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import tempfile
@@ -32,7 +31,13 @@ from safetensors.torch import load_file, save_file
 
 from fedcmr4d import __version__
 from fedcmr4d.config import Config
-from fedcmr4d.data.cohort import LABEL_UNLABELLED, Cohort, atomic_write_json, atomic_write_text
+from fedcmr4d.data.cohort import (
+    LABEL_UNLABELLED,
+    Cohort,
+    atomic_write_json,
+    atomic_write_text,
+    read_json_object,
+)
 from fedcmr4d.errors import InputError
 
 NUM_CLASSES = 4  # background, LV cavity, LV myocardium, RV
@@ -266,10 +271,7 @@ def load_segmenter(checkpoint_dir: str | Path) -> tuple[BasicUNet, dict[str, Any
     meta_path = folder / META_FILE
     if not meta_path.is_file():
         raise InputError(f"{meta_path}: missing; is {folder} a segmenter checkpoint folder?")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{meta_path}: invalid JSON ({exc})") from None
+    meta = read_json_object(meta_path, "segmenter meta")
     if meta.get("kind") != KIND:
         raise InputError(f"{meta_path}: not a segmenter checkpoint (kind {meta.get('kind')!r})")
     return load_weights_file(folder / WEIGHTS_FILE), meta

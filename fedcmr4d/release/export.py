@@ -19,7 +19,6 @@ folder next to ``out`` and renamed into place only when complete.
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 import shutil
 import uuid
@@ -27,7 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from fedcmr4d import __version__
-from fedcmr4d.data.cohort import COHORT_INDEX, atomic_write_json, atomic_write_text
+from fedcmr4d.data.cohort import (
+    COHORT_INDEX,
+    atomic_write_json,
+    atomic_write_text,
+    read_json_object,
+)
 from fedcmr4d.errors import AuditFailedError, ConfigError, InputError
 from fedcmr4d.release.datasheet import render_datasheet
 from fedcmr4d.release.manifest import (
@@ -50,13 +54,8 @@ _REQUIRED_AUDIT_KEYS = ("passed", "threshold", "n_synthetic", "flagged", "dcr_sh
 def read_audit(path: str | Path) -> dict[str, Any]:
     """Read and shape-check an ``audit.json``; raises :class:`InputError` naming the problem."""
     path = Path(path)
-    try:
-        audit = json.loads(path.read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read audit ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from None
-    missing = [k for k in _REQUIRED_AUDIT_KEYS if not isinstance(audit, dict) or k not in audit]
+    audit = read_json_object(path, "audit")
+    missing = [k for k in _REQUIRED_AUDIT_KEYS if k not in audit]
     if missing:
         raise InputError(f"{path}: not an audit.json (missing {', '.join(missing)})")
     return audit
@@ -85,11 +84,8 @@ def check_audit_matches(audit: dict[str, Any], audit_path: Path, cohort_dir: Pat
 
 def _read_index(cohort_dir: Path) -> dict[str, Any]:
     path = cohort_dir / COHORT_INDEX
-    try:
-        index = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the cohort index ({exc})") from None
-    if not isinstance(index, dict) or "subjects" not in index:
+    index = read_json_object(path, "cohort index")
+    if "subjects" not in index:
         raise InputError(f"{path}: not a cohort index (no 'subjects')")
     return index
 

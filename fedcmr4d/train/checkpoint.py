@@ -8,7 +8,6 @@ the meta, is never taken for a finished checkpoint.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import tempfile
@@ -22,7 +21,7 @@ from torch import Tensor
 
 from fedcmr4d import __version__
 from fedcmr4d.config import Config, config_from_dict
-from fedcmr4d.data.cohort import atomic_write_json, atomic_write_text
+from fedcmr4d.data.cohort import atomic_write_json, atomic_write_text, read_json_object
 from fedcmr4d.errors import ConfigError, InputError
 
 WEIGHTS_FILE = "model.safetensors"
@@ -125,11 +124,8 @@ def _read_meta(root: Path) -> dict[str, Any]:
     path = root / META_FILE
     if not path.is_file():
         raise InputError(f"{path}: missing; {root} is not a finished checkpoint")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON ({exc})") from None
-    if not isinstance(meta, dict) or meta.get("stage") not in ("autoencoder", "diffusion"):
+    meta = read_json_object(path, "checkpoint meta")
+    if meta.get("stage") not in ("autoencoder", "diffusion"):
         raise InputError(f"{path}: no valid 'stage' (expected autoencoder or diffusion)")
     return meta
 

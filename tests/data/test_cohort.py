@@ -106,3 +106,14 @@ def test_open_cohort_errors_name_the_problem(tmp_path: Path) -> None:
     write_cohort_index(tmp_path, ["ghost"])
     with pytest.raises(InputError, match="ghost"):
         open_cohort(tmp_path)
+
+
+def test_subject_meta_must_be_a_json_object(tmp_path: Path) -> None:
+    write_subject(tmp_path, _subject())
+    meta = tmp_path / "s01" / "meta.json"
+    meta.write_text("[1, 2]")
+    with pytest.raises(InputError, match=r"meta\.json: subject meta must be a JSON object"):
+        read_subject(tmp_path, "s01")
+    meta.write_text("{broken")
+    with pytest.raises(InputError, match=r"meta\.json: invalid JSON in subject meta"):
+        read_subject(tmp_path, "s01")
