@@ -5,15 +5,16 @@ ones on the default audit grid (4 slices x 32 x 32 x 16 frames, in-plane shift +
 i.e. 9 in-plane shifts x every cyclic frame shift). Representations are random normalised
 arrays: the cost of the search does not depend on image content. Also times turning a stored
 64 x 64 x 6 x 16 phantom subject into its representation (read + resample + normalise).
-The 10k x 10k figure is extrapolated linearly from the measured pairs per second (the search is
-a fixed amount of work per pair, done in blocks) and says so.
+Synthetic counts 100, 1k and 10k (``--sizes``) are searched for real; the 10k x 10k figure
+(10k synthetic against 10k train and 10k holdout) is extrapolated linearly from the measured
+pairs per second (the search is a fixed amount of work per pair, done in blocks) and says so.
 
 Recall (``--recall``): phantom train / holdout / fresh cohorts from disjoint seeds and
 near-copies of training subjects (exact, noise 0.02, 2-voxel shift, rolled phase, gamma 1.1)
 planted among the fresh ones; reports recall per kind, the false-flag rate on fresh subjects,
 the threshold and the largest copy distance.
 
-    python benchmarks/audit.py [--quick] [--recall] [--no-record]
+    python benchmarks/audit.py [--quick] [--recall] [--no-record] [--sizes 100,1000,10000]
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def run_throughput(args: argparse.Namespace) -> None:
     nearest(synthetic[:8], real[:8], shift=grid.shift_grid)  # warm-up
     exhaustive_s = _timed(lambda: nearest(synthetic, real, shift=grid.shift_grid))
     exhaustive_rate = exhaustive_queries * n_real / exhaustive_s
-    sizes = [100] if args.quick else [100, 1000]
+    sizes = [100] if args.quick else sorted(args.sizes)
     costs = {n: search_costs(n, n_real, grid) for n in sizes}
     two_stage_rate = {n: n * n_real / (c["coarse_s"] + c["refine_s"]) for n, c in costs.items()}
     largest = costs[sizes[-1]]
@@ -308,6 +309,12 @@ def main() -> None:
     parser.add_argument("--recall", action="store_true", help="recall on planted near-copies")
     parser.add_argument("--no-record", dest="record", action="store_false")
     parser.add_argument("--real", type=int, default=1000, help="real subjects (throughput)")
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: [int(x) for x in text.split(",")],
+        default=[100, 1000, 10_000],
+        help="throughput: synthetic counts searched, comma-separated (default 100,1000,10000)",
+    )
     parser.add_argument("--seed", type=int, default=1, help="cohort seed (recall)")
     parser.add_argument("--train", type=int, default=40, help="recall: training subjects")
     parser.add_argument("--holdout", type=int, default=20, help="recall: holdout subjects")

@@ -154,6 +154,18 @@ ITEMS = [
         lambda r: "-",
     ),
     Item(
+        "4. federated round overhead vs local training",
+        "round_overhead",
+        "(measured, no target)",
+        lambda r: (
+            f"{_first_cell(r)}, {r.get('steps_per_round')} steps: "
+            f"round {r.get('federated_round_s')} s vs local {r.get('local_s')} s = "
+            f"{r.get('ratio')}x (+{r.get('overhead_s')} s; "
+            f"first round {r.get('first_round_s')} s)"
+        ),
+        lambda r: "-",
+    ),
+    Item(
         "5. audit throughput",
         "audit",
         "(measured, no target)",

@@ -112,11 +112,26 @@ def check_demo(result: dict[str, Any]) -> None:
     assert isinstance(result["within_target"], bool)
 
 
+def check_round_overhead(result: dict[str, Any]) -> None:
+    stages = [row["stage"] for row in result["rows"]]
+    assert stages == ["tiny autoencoder", "tiny diffusion"]
+    for row in result["rows"]:
+        for key in ("local_s", "first_round_s", "federated_round_s"):
+            assert _positive(row[key]), (key, row)
+        assert row["overhead_s"] == pytest.approx(
+            row["federated_round_s"] - row["local_s"], abs=0.02
+        )
+        assert _positive(row["bytes_per_round"])
+    # stage 2 sends the frozen autoencoder with the UNet, so it moves more bytes
+    assert result["rows"][1]["bytes_per_round"] > result["rows"][0]["bytes_per_round"]
+
+
 CHECKS = {
     "train_step": check_train_step,
     "sampling": check_sampling,
     "quality": check_quality,
     "demo": check_demo,
+    "round_overhead": check_round_overhead,
 }
 NEEDS_TINY_RUN = {"sampling", "quality"}
 
