@@ -48,6 +48,10 @@ def run_simulated_federation(
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silence a Ray notice
+    # Ray runs its workers at niceness 15. In a simulation the ClientApps ARE the work: niced,
+    # they starve behind any other busy process (one site's first round took 180 s instead of
+    # 10 s on 2 cores beside two training jobs), so they run at the caller's priority.
+    os.environ.setdefault("RAY_worker_niceness", "0")
     root = Path(settings.cohort_root)
     if not root.is_dir():
         raise ConfigError(f"{root}: cohort-root is not a folder (one cohort folder per site)")
