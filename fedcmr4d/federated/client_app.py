@@ -9,8 +9,9 @@ Handlers:
 
 Every message carries ``config`` (stage, the coordinator's resolved YAML config and, in
 simulation, ``cohort-root``/``state-root``) and ``arrays`` (global weights); stage-2 messages
-also carry ``autoencoder`` (the aggregated stage-1 model), with which each site encodes its own
-data to latents locally.
+also carry the digest of the aggregated stage-1 model (``autoencoder-ref``), with which each
+site encodes its own data to latents locally, and the model's arrays (``autoencoder``) the first
+time a site needs it (see :mod:`fedcmr4d.federated.stage1_delivery`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from fedcmr4d.errors import ConfigError
 from fedcmr4d.federated import site as site_ops
 from fedcmr4d.federated.records import metrics_to_record, record_to_weights, weights_to_record
 from fedcmr4d.federated.settings import TRAIN_STAGES, SiteSettings
+from fedcmr4d.federated.stage1_delivery import site_autoencoder
 
 app = ClientApp()
 
@@ -39,9 +41,7 @@ def _job(msg: Message, context: Context) -> tuple[str, Config, SiteSettings, Any
         raise ConfigError(f"message config: unknown stage {stage!r}")
     cfg = config_from_dict(yaml.safe_load(str(config["config-yaml"])), "coordinator config")
     site = SiteSettings.resolve(dict(context.node_config), dict(config))
-    autoencoder = None
-    if "autoencoder" in msg.content.array_records:
-        autoencoder = record_to_weights(msg.content.array_records["autoencoder"])
+    autoencoder = site_autoencoder(msg, site.state_dir)
     return stage, site.apply(cfg), site, autoencoder
 
 

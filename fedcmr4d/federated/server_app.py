@@ -44,6 +44,7 @@ from fedcmr4d.federated.records import (
     weights_to_record,
 )
 from fedcmr4d.federated.settings import RunSettings
+from fedcmr4d.federated.stage1_delivery import Stage1Delivery
 from fedcmr4d.federated.state import (
     ServerState,
     Snapshot,
@@ -141,7 +142,7 @@ def run_round(
     server_round: int,
     arrays: ArrayRecord,
     config: ConfigRecord,
-    autoencoder: ArrayRecord | None,
+    stage1: Stage1Delivery | None,
     cfg: Config,
     timeout: float,
 ) -> RoundOutcome:
@@ -153,10 +154,10 @@ def run_round(
     """
     started = time.monotonic()
     messages = list(strategy.configure_train(server_round, arrays, config, grid))
-    for message in messages:
-        if autoencoder is not None:
-            message.content["autoencoder"] = autoencoder
+    extra_bytes = _attach_stage1(stage1, messages)
     replies = list(grid.send_and_receive(messages, timeout=timeout))
+    if stage1 is not None:
+        stage1.update(replies)
 
     accepted, rejected, report = screen_replies(
         replies, arrays, max_norm_ratio=cfg.federation.max_update_norm_ratio
@@ -175,7 +176,6 @@ def run_round(
             # FedAdam & co. compute in float64; the model (and every site's reply) stays float32.
             new_arrays = cast_like(new_arrays, arrays)
     model_bytes = record_nbytes(arrays)
-    extra_bytes = record_nbytes(autoencoder) if autoencoder is not None else 0
     row = {
         "stage": stage,
         "round": server_round,
@@ -186,7 +186,7 @@ def run_round(
         "update_norms": report.update_norms,
         "train": dict(metrics) if metrics is not None else {},
         "model_bytes": model_bytes,
-        "bytes_to_sites": (model_bytes + extra_bytes) * len(messages),
+        "bytes_to_sites": model_bytes * len(messages) + extra_bytes,
         "bytes_from_sites": sum(
             record_nbytes(r.content.array_records["arrays"])
             for r in replies
@@ -197,22 +197,33 @@ def run_round(
     return RoundOutcome(new_arrays, row)
 
 
+def _attach_stage1(stage1: Stage1Delivery | None, messages: list[Message]) -> int:
+    """Tag stage-2 messages with the autoencoder (arrays only where missing); bytes added."""
+    return sum(stage1.attach(m) for m in messages) if stage1 is not None else 0
+
+
 def evaluate_stage(
     grid: Grid,
     *,
     arrays: ArrayRecord,
     config: ConfigRecord,
-    autoencoder: ArrayRecord | None,
+    stage1: Stage1Delivery | None,
     timeout: float,
 ) -> dict[str, Any]:
     """Holdout losses of a stage's final model at every connected site, weighted by subjects."""
-    messages = []
-    for node_id in sorted(grid.get_node_ids()):
-        content = RecordDict({"arrays": arrays, "config": config})
-        if autoencoder is not None:
-            content["autoencoder"] = autoencoder
-        messages.append(Message(content, dst_node_id=node_id, message_type=MessageType.EVALUATE))
-    replies = [r for r in grid.send_and_receive(messages, timeout=timeout) if not r.has_error()]
+    messages = [
+        Message(
+            RecordDict({"arrays": arrays, "config": config}),
+            dst_node_id=node_id,
+            message_type=MessageType.EVALUATE,
+        )
+        for node_id in sorted(grid.get_node_ids())
+    ]
+    _attach_stage1(stage1, messages)
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    if stage1 is not None:
+        stage1.update(replies)
+    replies = [r for r in replies if not r.has_error()]
     per_site: dict[str, dict[str, float]] = {
         _site_name(r): {
             k: float(v)  # type: ignore[arg-type]
@@ -289,9 +300,11 @@ class Coordinator:
         rounds = settings.rounds(stage, cfg)
         strategy = build_strategy(cfg.federation)
         config = _message_config(settings, stage, cfg, self.cfg_yaml)
-        ae_record = numpy_to_record(autoencoder) if stage == "diffusion" and autoencoder else None
-        if stage == "diffusion" and ae_record is None:
-            raise ConfigError("stage diffusion needs the autoencoder stage first (stages=...)")
+        stage1 = None
+        if stage == "diffusion":
+            if not autoencoder:
+                raise ConfigError("stage diffusion needs the autoencoder stage first (stages=...)")
+            stage1 = Stage1Delivery(numpy_to_record(autoencoder))
         if snapshot is not None and state.stage == stage and state.round > 0:
             arrays = numpy_to_record(snapshot.global_weights)
             restore_strategy_state(strategy, snapshot.strategy_arrays, state.strategy_scalars)
@@ -307,7 +320,7 @@ class Coordinator:
                 server_round=server_round,
                 arrays=arrays,
                 config=config,
-                autoencoder=ae_record,
+                stage1=stage1,
                 cfg=cfg,
                 timeout=settings.round_timeout,
             )
@@ -321,7 +334,7 @@ class Coordinator:
             if halt and len(state.history) == halt:
                 raise SimulatedCrash(f"test-halt-after-round={halt}: stopping as a crash would")
         final = record_to_numpy(arrays)
-        self._finish_stage(stage, state, arrays, config, ae_record)
+        self._finish_stage(stage, state, arrays, config, stage1)
         if stage == "autoencoder":
             autoencoder = final
         if stage not in state.completed_stages:
@@ -363,7 +376,7 @@ class Coordinator:
         state: ServerState,
         arrays: ArrayRecord,
         config: ConfigRecord,
-        ae_record: ArrayRecord | None,
+        stage1: Stage1Delivery | None,
     ) -> None:
         evaluation: dict[str, Any] = {"sites": {}, "mean": {}, "num-examples": 0}
         if self.settings.evaluate:
@@ -371,7 +384,7 @@ class Coordinator:
                 self.grid,
                 arrays=arrays,
                 config=config,
-                autoencoder=ae_record,
+                stage1=stage1,
                 timeout=self.settings.round_timeout,
             )
         write_json(self.out / f"{stage}-evaluation.json", evaluation)

@@ -31,13 +31,13 @@ def _settings(tmp_path: Path, cohorts: Path, **kw: object) -> RunSettings:
 
 
 @pytest.mark.slow
-def test_two_sites_one_round_of_each_stage_then_audit(tmp_path: Path, two_sites: Path) -> None:
+def test_two_sites_both_stages_then_audit(tmp_path: Path, two_sites: Path) -> None:
     settings = _settings(
         tmp_path,
         two_sites,
         stages="autoencoder,diffusion,audit",
         rounds_autoencoder=1,
-        rounds_diffusion=1,
+        rounds_diffusion=2,
         synthetic_subjects=2,
     )
     lines: list[str] = []
@@ -47,14 +47,19 @@ def test_two_sites_one_round_of_each_stage_then_audit(tmp_path: Path, two_sites:
     assert [(r["stage"], r["round"]) for r in state.history] == [
         ("autoencoder", 1),
         ("diffusion", 1),
+        ("diffusion", 2),
     ]
     for row in state.history:
         assert row["sites_accepted"] == 2 and row["rejected"] == []
         assert row["train"]["num-examples"] == 4  # 2 sites x 2 training subjects
         assert row["bytes_from_sites"] >= 2 * row["model_bytes"] > 0
-    # stage-2 messages also carry the stage-1 autoencoder to every site
-    ae_row, dm_row = state.history
+    # the first stage-2 round also carries the stage-1 autoencoder to every site; later rounds
+    # only its digest, and each site serves them from the copy it kept
+    ae_row, dm_row, dm_row2 = state.history
     assert dm_row["bytes_to_sites"] == 2 * (dm_row["model_bytes"] + ae_row["model_bytes"])
+    assert dm_row2["bytes_to_sites"] == 2 * dm_row2["model_bytes"]
+    kept = sorted(p.parent.name for p in (tmp_path / "site-state").glob("*/stage1-autoencoder*"))
+    assert kept == ["site-0-A", "site-1-B"]
 
     out = Path(settings.out_dir)
     autoencoder = load_checkpoint(out / "autoencoder")
@@ -63,12 +68,12 @@ def test_two_sites_one_round_of_each_stage_then_audit(tmp_path: Path, two_sites:
     assert diffusion.meta["autoencoder_checkpoint"] == str((out / "autoencoder").resolve())
     assert len(diffusion.meta["sites"]) == 2
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2
-    assert (out / "metrics.csv").read_text().count("\n") == 3
+    assert len(rows) == 3
+    assert (out / "metrics.csv").read_text().count("\n") == 4
     assert (out / "metrics.png").stat().st_size > 1000
     evaluation = json.loads((out / "autoencoder-evaluation.json").read_text())
     assert len(evaluation["sites"]) == 2 and "psnr" in evaluation["mean"]
-    assert any("diffusion round 1/1: 2/2 sites accepted" in line for line in lines)
+    assert any("diffusion round 2/2: 2/2 sites accepted" in line for line in lines)
 
     # Federated audit: sampled from the stage-2 checkpoint, distances from both sites.
     audit_text = (out / "audit.json").read_text()
