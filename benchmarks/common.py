@@ -57,6 +57,20 @@ def emit(result: dict[str, Any]) -> None:
     print(json.dumps(result, sort_keys=True))
 
 
+def _with_header(body: str, columns: list[str]) -> str:
+    """A section whose table has ``columns``: when the script's columns changed, the old header
+    is replaced and the rows recorded under it (another layout) are dropped, not misaligned."""
+    header = "| " + " | ".join(columns) + " |"
+    lines = body.split("\n")
+    tables = [i for i, line in enumerate(lines) if line.startswith("|")]
+    if not tables or lines[tables[0]] == header:
+        return body
+    first = tables[0]
+    kept = [line for line in lines[first + 2 :] if not line.startswith("|")]
+    separator = "|" + "---|" * len(columns)
+    return "\n".join(lines[:first] + [header, separator] + kept)
+
+
 def record(section: str, key: str, columns: list[str], row: dict[str, Any], command: str) -> None:
     """Insert or replace the row whose first cell is ``key`` in ``section`` of benchmarks.md."""
     DOC.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +86,7 @@ def record(section: str, key: str, columns: list[str], row: dict[str, Any], comm
         start = text.index(header)
         end = text.find("\n## ", start + 1)
         end = len(text) if end == -1 else end
-        body = text[start:end]
+        body = _with_header(text[start:end], columns)
         body = re.sub(r"Command: `[^`]*`", f"Command: `{command}`", body, count=1)
         pattern = re.compile(r"^\| " + re.escape(key) + r" \|.*$", re.MULTILINE)
         if pattern.search(body):

@@ -4,15 +4,16 @@ For each stage, the same site trains the same number of steps twice, with one th
 
 - **local**: ``fedcmr4d.federated.site.train_round`` called in this process (the exact code the
   ClientApp runs: open the cohort, build the trainer, load the global weights, train, export);
-- **federated**: two rounds per stage of a real Simulation-Engine run with one site (ServerApp
+- **federated**: three rounds per stage of a real Simulation-Engine run with one site (ServerApp
   + ClientApp in Ray, weights packed into Flower messages, update screening, aggregation,
   checkpointing), as the coordinator logs them in ``metrics.jsonl`` (``seconds``: send to
   aggregated).
 
-Overhead = round 2 - local seconds, and the ratio round 2 / local (the steady state: the local
-timing also follows a warm-up). Round 1 is reported too: it includes the ClientApp's start in its
-Ray actor (imports, first model build), paid once per run and stage. Ray's own start-up is the
-simulation's total minus its rounds.
+Overhead = mean of rounds 2-3 - mean of two local runs, and their ratio (the steady state: the
+local runs also follow a warm-up); ``spread_s`` gives each side's range, i.e. the noise the
+overhead must be read against. Round 1 is reported apart: it includes the ClientApp's start in
+its Ray actor (imports, first model build), paid once per run and stage. Ray's own start-up is
+the simulation's total minus its rounds.
 
     python -m benchmarks.round_overhead [--quick] [--no-record] [--config cpu-small] [--steps 100]
 """
@@ -26,6 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks.common import context, emit, peak_rss_gib, record
@@ -37,6 +39,7 @@ from fedcmr4d.federated.simulation import run_simulated_federation, simulation_b
 from fedcmr4d.federated.site import train_round
 
 STAGES = ("autoencoder", "diffusion")
+REPEATS = 2  # timed local runs, and federated rounds after the first, per stage
 
 
 def overrides_for(steps: int) -> list[str]:
@@ -44,21 +47,26 @@ def overrides_for(steps: int) -> list[str]:
     return [f"train.autoencoder.steps={steps}", f"train.diffusion.steps={steps}"]
 
 
-def local_seconds(config: str, overrides: list[str], cohort: Path, state: Path) -> dict[str, float]:
-    """Seconds of ``train_round`` per stage, in this process, after a one-step warm-up."""
+def local_seconds(
+    config: str, overrides: list[str], cohort: Path, state: Path
+) -> dict[str, list[float]]:
+    """``REPEATS`` timings of ``train_round`` per stage, in this process, after a warm-up."""
     cfg = load_config(config, overrides)
     site = SiteSettings(name=cohort.name, cohort=cohort, state_dir=state)
     autoencoder = initial_weights("autoencoder", cfg)  # stage 2's cost does not depend on it
-    out: dict[str, float] = {}
+    out: dict[str, list[float]] = {}
     for stage in STAGES:
         weights = initial_weights(stage, cfg)
         ae = autoencoder if stage == "diffusion" else None
         rounds = {name: 1 for name in STAGES}
         warm = load_config(config, [*overrides, f"train.{stage}.steps=1"])
         train_round(stage, warm, site, weights, ae, rounds=rounds, server_round=1)
-        start = time.perf_counter()
-        train_round(stage, cfg, site, weights, ae, rounds=rounds, server_round=1)
-        out[stage] = time.perf_counter() - start
+        times = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            train_round(stage, cfg, site, weights, ae, rounds=rounds, server_round=1)
+            times.append(time.perf_counter() - start)
+        out[stage] = times
     return out
 
 
@@ -67,7 +75,8 @@ def federated_seconds(
 ) -> tuple[dict[tuple[str, int], float], float, dict[str, int]]:
     """Seconds per (stage, round) from the coordinator's log, total run seconds, bytes/round."""
     settings = RunSettings(
-        config=config, overrides=";".join(overrides), rounds_autoencoder=2, rounds_diffusion=2,
+        config=config, overrides=";".join(overrides), rounds_autoencoder=1 + REPEATS,
+        rounds_diffusion=1 + REPEATS,
         evaluate=False, out_dir=str(root / "out"),
         cohort_root=str(root / "sites"), state_root=str(root / "state"),
     )  # fmt: skip
@@ -80,6 +89,10 @@ def federated_seconds(
         row["stage"]: int(row["bytes_to_sites"]) + int(row["bytes_from_sites"]) for row in rows
     }
     return seconds, total, moved
+
+
+def _span(values: list[float]) -> str:
+    return f"{min(values):.2f}-{max(values):.2f}"
 
 
 def measure(config: str, steps: int, subjects: int) -> dict[str, Any]:
@@ -97,7 +110,8 @@ def measure(config: str, steps: int, subjects: int) -> dict[str, Any]:
         federated, total, moved = federated_seconds(config, overrides, root)
     rows = []
     for stage in STAGES:
-        fed, loc = federated[(stage, 2)], local[stage]
+        steady = [federated[(stage, r)] for r in range(2, 2 + REPEATS)]
+        fed, loc = float(np.mean(steady)), float(np.mean(local[stage]))
         rows.append(
             {
                 "stage": f"{config} {stage}",
@@ -105,6 +119,7 @@ def measure(config: str, steps: int, subjects: int) -> dict[str, Any]:
                 "local_s": round(loc, 2),
                 "first_round_s": round(federated[(stage, 1)], 2),
                 "federated_round_s": round(fed, 2),
+                "spread_s": f"local {_span(local[stage])}; rounds {_span(steady)}",
                 "overhead_s": round(fed - loc, 2),
                 "ratio": round(fed / loc, 3),
                 "bytes_per_round": moved[stage],
@@ -138,7 +153,7 @@ def main() -> None:
         return
     columns = [
         "stage", "steps_per_round", "local_s", "first_round_s", "federated_round_s",
-        "overhead_s", "ratio", "bytes_per_round", "machine", "torch", "date",
+        "overhead_s", "ratio", "spread_s", "bytes_per_round", "machine", "torch", "date",
     ]  # fmt: skip
     command = f"python -m benchmarks.round_overhead --config {config} --steps {steps}"
     for row in rows:

@@ -160,7 +160,7 @@ ITEMS = [
         lambda r: (
             f"{_first_cell(r)}, {r.get('steps_per_round')} steps: "
             f"round {r.get('federated_round_s')} s vs local {r.get('local_s')} s = "
-            f"{r.get('ratio')}x (+{r.get('overhead_s')} s; "
+            f"{r.get('ratio')}x (overhead {r.get('overhead_s')} s, spread {r.get('spread_s')}; "
             f"first round {r.get('first_round_s')} s)"
         ),
         lambda r: "-",
@@ -188,7 +188,7 @@ ITEMS = [
         "(measured; FID should approach real-real)",
         lambda r: (
             f"{_first_cell(r)}: FID {r.get('fid_mean')} +- {r.get('fid_std')} "
-            f"(real-real {r.get('fid_real_real_mean')}), EF W1 {r.get('ef_w1')} %"
+            f"(real-real {r.get('fid_real_real_mean')}), EF W1 {r.get('ef_w1')} EF points"
         ),
         lambda r: "-",
     ),
