@@ -133,6 +133,12 @@ class PrivacyConfig(_Strict):
 class FederationConfig(_Strict):
     rounds_autoencoder: int = Field(2, ge=0)
     rounds_diffusion: int = Field(2, ge=0)
+    local_steps_autoencoder: int | None = Field(
+        None, ge=1, description="local steps per round (null: train.autoencoder.steps)"
+    )
+    local_steps_diffusion: int | None = Field(
+        None, ge=1, description="local steps per round (null: train.diffusion.steps)"
+    )
     strategy: Literal["fedavg", "fedadam", "fedprox", "fedtrimmedavg", "fedmedian", "krum"] = (
         "fedavg"
     )
@@ -195,6 +201,17 @@ class Config(_Strict):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    def round_steps(self, stage: str) -> int:
+        """Local steps a site takes in one federated round of ``stage``.
+
+        ``federation.local_steps_<stage>`` when set, else ``train.<stage>.steps`` (the local
+        run's total): set it when ``train`` describes a long single-site run, as in ``paper``.
+        """
+        if stage not in ("autoencoder", "diffusion"):
+            raise ValueError(f"stage must be 'autoencoder' or 'diffusion', got {stage!r}")
+        per_round = getattr(self.federation, f"local_steps_{stage}")
+        return int(per_round) if per_round is not None else int(getattr(self.train, stage).steps)
 
     def to_yaml(self) -> str:
         """The resolved config, as saved next to every checkpoint."""

@@ -109,3 +109,22 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     scalar.write_text("42\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(scalar)
+
+
+def test_round_steps_default_to_the_stage_steps_and_can_be_set_per_round() -> None:
+    tiny = load_config("tiny")
+    assert tiny.round_steps("autoencoder") == tiny.train.autoencoder.steps
+    assert tiny.round_steps("diffusion") == tiny.train.diffusion.steps
+    set_ = load_config("tiny", ["federation.local_steps_diffusion=7"])
+    assert set_.round_steps("diffusion") == 7 and set_.round_steps("autoencoder") == 4
+    with pytest.raises(ValueError, match="stage must be"):
+        tiny.round_steps("audit")
+    with pytest.raises(ConfigError, match="local_steps_autoencoder"):
+        load_config("tiny", ["federation.local_steps_autoencoder=0"])
+
+
+def test_paper_federation_spreads_the_local_run_over_its_rounds() -> None:
+    paper = load_config("paper")
+    for stage in ("autoencoder", "diffusion"):
+        rounds = getattr(paper.federation, f"rounds_{stage}")
+        assert rounds * paper.round_steps(stage) == getattr(paper.train, stage).steps

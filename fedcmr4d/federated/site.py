@@ -153,7 +153,7 @@ def train_round(
         if cfg.privacy.enabled:
             raise ConfigError("fedprox (proximal-mu > 0) is not supported with privacy.enabled")
         add_proximal_term(trainer, global_weights, proximal_mu)
-    steps = cfg.train.autoencoder.steps if stage == "autoencoder" else cfg.train.diffusion.steps
+    steps = cfg.round_steps(stage)
     trainer.global_step = (server_round - 1) * steps
     metrics = releasable_metrics(trainer.train(steps), dp=cfg.privacy.enabled)
     weights = trainer.get_weights()

@@ -180,7 +180,7 @@ class SitePrivacy:
         """This stage's planned steps from ``start_step`` on, and every later stage's."""
         plan = []
         for name in STAGES[STAGES.index(stage) :]:
-            steps_per_round = getattr(self.cfg.train, name).steps
+            steps_per_round = self.cfg.round_steps(name)
             total = self.rounds.get(name, 1) * steps_per_round
             begin = start_step if name == stage else 0
             n_opt = stage_optimizer_steps(self.cfg, name, max(0, total - begin), begin)
