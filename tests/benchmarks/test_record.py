@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-from benchmarks import common
+# Loaded by path: opacus installs a top-level ``benchmarks`` package of its own into
+# site-packages, which would shadow this repository's folder on a plain import.
+_SPEC = importlib.util.spec_from_file_location(
+    "fedcmr4d_benchmarks_common", Path(__file__).resolve().parents[2] / "benchmarks" / "common.py"
+)
+assert _SPEC is not None and _SPEC.loader is not None
+common = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(common)
 
 
 def _table(text: str, section: str) -> list[list[str]]:
