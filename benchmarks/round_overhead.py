@@ -43,8 +43,9 @@ REPEATS = 2  # timed local runs, and federated rounds after the first, per stage
 
 
 def overrides_for(steps: int) -> list[str]:
-    """Config overrides: ``steps`` local steps per round in both stages."""
-    return [f"train.autoencoder.steps={steps}", f"train.diffusion.steps={steps}"]
+    """Config overrides: ``steps`` local steps per round in both stages (``Config.round_steps``,
+    which both the local call and the ClientApp use)."""
+    return [f"federation.local_steps_{stage}={steps}" for stage in STAGES]
 
 
 def local_seconds(
@@ -59,7 +60,7 @@ def local_seconds(
         weights = initial_weights(stage, cfg)
         ae = autoencoder if stage == "diffusion" else None
         rounds = {name: 1 for name in STAGES}
-        warm = load_config(config, [*overrides, f"train.{stage}.steps=1"])
+        warm = load_config(config, [*overrides, f"federation.local_steps_{stage}=1"])
         train_round(stage, warm, site, weights, ae, rounds=rounds, server_round=1)
         times = []
         for _ in range(REPEATS):
@@ -73,7 +74,8 @@ def local_seconds(
 def federated_seconds(
     config: str, overrides: list[str], root: Path
 ) -> tuple[dict[tuple[str, int], float], float, dict[str, int]]:
-    """Seconds per (stage, round) from the coordinator's log, total run seconds, bytes/round."""
+    """Seconds per (stage, round) from the coordinator's log, total run seconds, and the bytes
+    each stage's last round moved (both ways)."""
     settings = RunSettings(
         config=config, overrides=";".join(overrides), rounds_autoencoder=1 + REPEATS,
         rounds_diffusion=1 + REPEATS,
