@@ -38,7 +38,12 @@ def record_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def record_to_weights(record: ArrayRecord) -> dict[str, torch.Tensor]:
     """Unpack an ArrayRecord into tensors for ``StageTrainer.set_weights``."""
-    return {name: torch.from_numpy(value) for name, value in record_to_numpy(record).items()}
+    return numpy_to_weights(record_to_numpy(record))
+
+
+def numpy_to_weights(arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """Tensors sharing the arrays' memory (no copy), same names and dtypes."""
+    return {name: torch.from_numpy(value) for name, value in arrays.items()}
 
 
 def numpy_to_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:

@@ -39,8 +39,10 @@ from fedcmr4d.federated.metrics_log import write_metrics
 from fedcmr4d.federated.records import (
     cast_like,
     numpy_to_record,
+    numpy_to_weights,
     record_nbytes,
     record_to_numpy,
+    record_to_weights,
     weights_to_record,
 )
 from fedcmr4d.federated.settings import RunSettings
@@ -417,11 +419,9 @@ def save_stage_checkpoint(
     evaluation: dict[str, Any],
 ) -> None:
     """The stage's final global model in the trainer's checkpoint format (for ``sample``)."""
-    import torch
-
     from fedcmr4d.train.checkpoint import save_checkpoint
 
-    weights = {k: torch.from_numpy(v) for k, v in record_to_numpy(arrays).items()}
+    weights = record_to_weights(arrays)
     rounds = [r for r in state.history if r["stage"] == stage]
     epsilons = [r["train"]["epsilon"] for r in rounds if "epsilon" in r["train"]]
     meta: dict[str, Any] = {
@@ -437,9 +437,7 @@ def save_stage_checkpoint(
         from fedcmr4d.train.trainer import load_frozen_autoencoder
 
         ae_dir = out_dir.parent / "autoencoder"
-        ae_weights = {
-            k: torch.from_numpy(v) for k, v in load_file_numpy(ae_dir / WEIGHTS_FILE).items()
-        }
+        ae_weights = numpy_to_weights(load_file_numpy(ae_dir / WEIGHTS_FILE))
         meta |= {
             "autoencoder_checkpoint": str(ae_dir.resolve()),
             "autoencoder_sha256": sha256_file(ae_dir / WEIGHTS_FILE),

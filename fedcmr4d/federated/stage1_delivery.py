@@ -27,7 +27,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Message
 from safetensors.torch import load_file, save_file
 
 from fedcmr4d.errors import InputError
-from fedcmr4d.federated.records import record_nbytes, record_to_numpy, record_to_weights
+from fedcmr4d.federated.records import (
+    numpy_to_weights,
+    record_nbytes,
+    record_to_numpy,
+    record_to_weights,
+)
 
 REF_KEY = "autoencoder-ref"
 ARRAYS_KEY = "autoencoder"
@@ -99,9 +104,10 @@ def resolve_autoencoder(
     if record is not None:
         if digest is None:
             return record_to_weights(record)
-        if weights_digest(record_to_numpy(record)) != digest:
+        arrays = record_to_numpy(record)
+        if weights_digest(arrays) != digest:
             raise InputError(f"stage-1 autoencoder in the message does not match its {digest}")
-        weights = record_to_weights(record)
+        weights = numpy_to_weights(arrays)
         _save(Path(state_dir) / CACHE_FILE, weights, digest)
         return weights
     if digest is None:
