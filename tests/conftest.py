@@ -7,6 +7,7 @@ import os
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
@@ -39,5 +40,27 @@ def run_cli(
             code = int(exc.code or 0)
         captured = capsys.readouterr()
         return code, captured.out + captured.err
+
+    return run
+
+
+@pytest.fixture()
+def cli_process() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``python -m fedcmr4d`` in its own process, as a user would: a wide terminal (rich does
+    not wrap paths), ``threads`` OpenMP threads when given, killed after ``timeout`` seconds."""
+
+    def run(
+        *args: object, timeout: float = 600, threads: int | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "COLUMNS": "200"}
+        if threads is not None:
+            env["OMP_NUM_THREADS"] = str(threads)
+        return subprocess.run(
+            [sys.executable, "-m", "fedcmr4d", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
 
     return run

@@ -2,59 +2,56 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import functools
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from fedcmr4d import __version__
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedcmr4d", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+@pytest.fixture()
+def cli(cli_process: Any) -> Any:
+    """Help and exit codes come back fast: a 300 s limit."""
+    return functools.partial(cli_process, timeout=300)
 
 
-def test_version() -> None:
-    result = _run("--version")
+def test_version(cli: Any) -> None:
+    result = cli("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"fedcmr4d {__version__}"
 
 
-def test_help_lists_commands_and_exit_codes() -> None:
-    result = _run("--help")
+def test_help_lists_commands_and_exit_codes(cli: Any) -> None:
+    result = cli("--help")
     assert result.returncode == 0
     for word in ("phantom", "preprocess", "Exit codes"):
         assert word in result.stdout
 
 
-def test_no_arguments_shows_help_not_a_traceback() -> None:
-    result = _run()
+def test_no_arguments_shows_help_not_a_traceback(cli: Any) -> None:
+    result = cli()
     assert "Usage" in result.stdout + result.stderr and "Traceback" not in result.stderr
 
 
-def test_command_help_teaches_with_examples() -> None:
+def test_command_help_teaches_with_examples(cli: Any) -> None:
     for command in ("phantom", "preprocess"):
-        result = _run(command, "--help")
+        result = cli(command, "--help")
         assert result.returncode == 0 and "Example" in result.stdout, command
-    assert "--format acdc" in _run("preprocess", "--help").stdout
+    assert "--format acdc" in cli("preprocess", "--help").stdout
 
 
-def test_usage_errors_exit_2() -> None:
-    assert _run("no-such-command").returncode == 2
-    assert _run("phantom").returncode == 2  # --out is required
-    result = _run("phantom", "--out", "x", "--subjects", "0")
+def test_usage_errors_exit_2(cli: Any) -> None:
+    assert cli("no-such-command").returncode == 2
+    assert cli("phantom").returncode == 2  # --out is required
+    result = cli("phantom", "--out", "x", "--subjects", "0")
     assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
-def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
+def test_bad_config_exits_2_naming_the_key(tmp_path: Path, cli: Any) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("data:\n  colour: red\n")
-    result = _run(
+    result = cli(
         "preprocess",
         "--format",
         "nifti",
@@ -66,7 +63,7 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
         str(config),
     )
     assert result.returncode == 2 and "data.colour: unknown key" in result.stderr
-    result = _run(
+    result = cli(
         "preprocess",
         "--format",
         "nifti",
@@ -80,8 +77,8 @@ def test_bad_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert result.returncode == 2 and "--set needs --config" in result.stderr
 
 
-def test_unreadable_input_exits_3(tmp_path: Path) -> None:
-    result = _run(
+def test_unreadable_input_exits_3(tmp_path: Path, cli: Any) -> None:
+    result = cli(
         "preprocess",
         "--format",
         "nifti",

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -25,14 +24,10 @@ from fedcmr4d.data.phantom_sources import (
 SMALL = SourceGeometry(shape=(64, 56, 5), zooms=(2.5, 2.5, 10.0), frames=10)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedcmr4d", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"},
-    )
+@pytest.fixture()
+def cli(cli_process: Any) -> Any:
+    """One OpenMP thread per CLI process."""
+    return functools.partial(cli_process, threads=1)
 
 
 def _check_cohort(out: Path, expected: dict[str, tuple[float, float]], size: int) -> None:
@@ -57,7 +52,7 @@ def _lv_ml(labels: np.ndarray, frames: tuple[int, int], geometry: SourceGeometry
 
 
 @pytest.mark.slow
-def test_preprocess_acdc_and_mnms2_realistic_folders(tmp_path: Path) -> None:
+def test_preprocess_acdc_and_mnms2_realistic_folders(tmp_path: Path, cli: Any) -> None:
     acdc_geometries = [
         SourceGeometry(shape=(256, 216, 10), zooms=(1.4, 1.4, 10.0), frames=25),
         SourceGeometry(shape=(176, 144, 11), zooms=(1.9, 1.9, 8.0), frames=14, tilt_deg=50),
@@ -69,7 +64,7 @@ def test_preprocess_acdc_and_mnms2_realistic_folders(tmp_path: Path) -> None:
         )
         frames = ed_es_frames(params, geometry.frames)
         expected[folder.name] = _lv_ml(labels, frames, geometry)
-    result = _cli(
+    result = cli(
         "preprocess",
         "--format",
         "acdc",
@@ -95,7 +90,7 @@ def test_preprocess_acdc_and_mnms2_realistic_folders(tmp_path: Path) -> None:
         )
         expected[folder.name] = _lv_ml(labels, ed_es_frames(params, geometry.frames), geometry)
     write_mnms2_information(tmp_path / "MnM2", [(1, "NOR", "SIEMENS"), (2, "LV", "GE")])
-    result = _cli(
+    result = cli(
         "preprocess",
         "--format",
         "mnms2",
@@ -117,7 +112,9 @@ def _replace_nifti(path: Path, data: np.ndarray, affine: np.ndarray | None = Non
 
 
 @pytest.mark.slow
-def test_every_bad_acdc_input_is_named_skipped_and_the_rest_written(tmp_path: Path) -> None:
+def test_every_bad_acdc_input_is_named_skipped_and_the_rest_written(
+    tmp_path: Path, cli: Any
+) -> None:
     root = tmp_path / "database" / "training"
     folders = {n: write_acdc_patient(root, n, n, SMALL)[0] for n in range(1, 9)}
     cine = folders[2] / "patient002_4d.nii.gz"
@@ -133,7 +130,7 @@ def test_every_bad_acdc_input_is_named_skipped_and_the_rest_written(tmp_path: Pa
     _replace_nifti(gt, np.zeros((32, 28, 5), np.uint8))  # labels on another grid
 
     out = tmp_path / "out"
-    result = _cli(
+    result = cli(
         "preprocess",
         "--format",
         "acdc",
@@ -165,7 +162,7 @@ def test_every_bad_acdc_input_is_named_skipped_and_the_rest_written(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_bad_nifti_and_mnms2_inputs_exit_3_and_keep_good_subjects(tmp_path: Path) -> None:
+def test_bad_nifti_and_mnms2_inputs_exit_3_and_keep_good_subjects(tmp_path: Path, cli: Any) -> None:
     flat = tmp_path / "flat"
     for i in range(4):
         write_generic_subject(flat, f"s{i}", 80 + i, SMALL)
@@ -174,7 +171,7 @@ def test_bad_nifti_and_mnms2_inputs_exit_3_and_keep_good_subjects(tmp_path: Path
     inf[0, 0, 0, 0] = np.inf
     _replace_nifti(flat / "s2.nii.gz", inf)
     (flat / "s3.nii.gz").write_text("hello")
-    result = _cli(
+    result = cli(
         "preprocess",
         "--format",
         "nifti",
@@ -197,7 +194,7 @@ def test_bad_nifti_and_mnms2_inputs_exit_3_and_keep_good_subjects(tmp_path: Path
         write_mnms2_subject(mnms / "dataset", n, 90 + n, SMALL)
     write_mnms2_information(mnms, [(1, "NOR", "SIEMENS"), (2, "NOR", "SIEMENS")])
     _replace_nifti(mnms / "dataset" / "002" / "002_SA_ES_gt.nii.gz", np.zeros((8, 8, 5), np.uint8))
-    result = _cli(
+    result = cli(
         "preprocess",
         "--format",
         "mnms2",
@@ -215,17 +212,17 @@ def test_bad_nifti_and_mnms2_inputs_exit_3_and_keep_good_subjects(tmp_path: Path
     assert open_cohort(tmp_path / "mnms_out").subject_ids == ["001"]
 
 
-def test_usage_errors_exit_2_and_empty_input_exits_3(tmp_path: Path) -> None:
-    result = _cli("preprocess", "--format", "dicom", "--input", str(tmp_path), "--out", "x")
+def test_usage_errors_exit_2_and_empty_input_exits_3(tmp_path: Path, cli: Any) -> None:
+    result = cli("preprocess", "--format", "dicom", "--input", str(tmp_path), "--out", "x")
     assert result.returncode == 2 and "--format 'dicom'" in result.stderr
-    assert _cli("preprocess", "--format", "acdc").returncode == 2  # missing options
-    result = _cli("preprocess", "--format", "acdc", "--input", str(tmp_path), "--out", "x")
+    assert cli("preprocess", "--format", "acdc").returncode == 2  # missing options
+    result = cli("preprocess", "--format", "acdc", "--input", str(tmp_path), "--out", "x")
     assert result.returncode == 3 and "no acdc subjects found" in result.stderr
 
 
-def test_phantom_command_writes_a_cohort(tmp_path: Path) -> None:
+def test_phantom_command_writes_a_cohort(tmp_path: Path, cli: Any) -> None:
     out = tmp_path / "ph"
-    result = _cli(
+    result = cli(
         "phantom",
         "--out",
         str(out),
@@ -245,9 +242,9 @@ def test_phantom_command_writes_a_cohort(tmp_path: Path) -> None:
     assert cohort.subject_ids == ["phantom000", "phantom001"]
     subject = cohort.load("phantom001")
     assert subject.cine.shape == (32, 32, 6, 8) and subject.meta["vendor"] == "C"
-    assert _cli("phantom", "--out", str(out), "--vendor", "Q").returncode == 2
+    assert cli("phantom", "--out", str(out), "--vendor", "Q").returncode == 2
     tiny = tmp_path / "tiny"
-    result = _cli("phantom", "--out", str(tiny), "--subjects", "1", "--config", "tiny",
+    result = cli("phantom", "--out", str(tiny), "--subjects", "1", "--config", "tiny",
                   "--set", "data.frames=8")  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert open_cohort(tiny).load("phantom000").cine.shape == (32, 32, 6, 8)

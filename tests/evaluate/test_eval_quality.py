@@ -3,11 +3,10 @@ and ``fedcmr4d evaluate`` writes metrics.json and a self-contained report.html."
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,7 +63,7 @@ def test_fid_real_real_below_blur_and_noise(world: dict[str, Path]) -> None:
     assert real_real < noise, (real_real, noise)
 
 
-def test_segmenter_ef_tracks_the_phantom_truth(world: dict[str, Path]) -> None:
+def test_segmenter_ef_tracks_the_phantom_truth(world: dict[str, Path], cli: Any) -> None:
     """At 32 x 32 an LV at end-systole is ~3 pixels across, so one boundary pixel moves EF by
     several points: here the bar is a mean error; the >= 90 % within 5 EF points check runs at
     64 x 64 in benchmarks/eval_phantom.py (docs/evaluation.md has its figures)."""
@@ -79,21 +78,19 @@ def test_segmenter_ef_tracks_the_phantom_truth(world: dict[str, Path]) -> None:
     assert np.mean(np.abs(errors_arr) <= 7.0) >= 0.7, np.round(errors_arr, 1)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "fedcmr4d", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "2"},
-    )
+@pytest.fixture()
+def cli(cli_process: Any) -> Any:
+    """Two OpenMP threads for the feature extraction."""
+    return functools.partial(cli_process, threads=2)
 
 
-def test_evaluate_command_writes_metrics_and_report(world: dict[str, Path], tmp_path: Path) -> None:
+def test_evaluate_command_writes_metrics_and_report(
+    world: dict[str, Path], tmp_path: Path, cli: Any
+) -> None:
     write_phantom_cohort(tmp_path / "real", 6, seed=7, image_size=SIZE)
     write_phantom_cohort(tmp_path / "syn", 5, seed=8, image_size=SIZE)
     out = tmp_path / "eval"
-    result = _cli(
+    result = cli(
         "evaluate",
         "--synthetic",
         str(tmp_path / "syn"),
@@ -116,7 +113,7 @@ def test_evaluate_command_writes_metrics_and_report(world: dict[str, Path], tmp_
     page = (out / "report.html").read_text()
     assert page.count("data:image/gif;base64,") == 4 and page.count("data:image/png;base64,") == 5
     assert 'src="http' not in page  # self-contained
-    missing = _cli(
+    missing = cli(
         "evaluate",
         "--synthetic",
         str(tmp_path / "nowhere"),
