@@ -94,9 +94,17 @@ def _message_config(settings: RunSettings, stage: str, cfg: Config, cfg_yaml: st
 
 
 def _site_name(reply: Message) -> str:
+    return f"{_site_only(reply)} (node {reply.metadata.src_node_id})"
+
+
+def _site_only(reply: Message) -> str:
     site = reply.content.config_records.get("site")
-    name = str(site["name"]) if site is not None and "name" in site else "?"
-    return f"{name} (node {reply.metadata.src_node_id})"
+    return str(site["name"]) if site is not None and "name" in site else "?"
+
+
+def _by_site(reply: Message) -> tuple[str, int]:
+    """Sort key: the site's name (stable across runs; node ids are drawn anew), then node id."""
+    return ("" if reply.has_error() else _site_only(reply), reply.metadata.src_node_id)
 
 
 def _common_metric_keys(replies: list[Message]) -> None:
@@ -115,10 +123,12 @@ def screen_replies(
 
     Left out: error replies (a site crashed, timed out or refused, e.g. its privacy budget is
     spent), replies without weights or metrics, and updates failing :func:`validate_updates`.
+    Replies are taken in site order, not arrival order, so that the aggregate (a float sum
+    whose result depends on its order) is the same in every run of the same federation.
     """
     rejected: list[dict[str, str]] = []
     candidates: dict[str, Message] = {}
-    for reply in replies:
+    for reply in sorted(replies, key=_by_site):
         if reply.has_error():
             label = f"node {reply.metadata.src_node_id}"
             rejected.append({"site": label, "reason": f"site error: {reply.error.reason}"})

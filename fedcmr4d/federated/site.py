@@ -8,6 +8,7 @@ global weights, and returns weights or metrics. Only parameters and numbers leav
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,17 @@ def add_proximal_term(trainer: Any, global_weights: Weights, mu: float) -> None:
             param.register_hook(hook)
 
 
+def round_seed(cfg: Config, site_name: str, stage: str, server_round: int) -> int:
+    """Seed of the torch RNG for one site's round (diffusion noise and timesteps draw from it).
+
+    In a simulation one Ray worker serves several sites in whatever order the scheduler picks, so
+    the process-wide RNG state would otherwise depend on that order and the same federation would
+    train differently from run to run. (DP noise has its own generator.)
+    """
+    text = f"{cfg.seed}|{site_name}|{stage}|{server_round}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
 def train_round(
     stage: str,
     cfg: Config,
@@ -155,6 +167,7 @@ def train_round(
         add_proximal_term(trainer, global_weights, proximal_mu)
     steps = cfg.round_steps(stage)
     trainer.global_step = (server_round - 1) * steps
+    torch.manual_seed(round_seed(cfg, site.name, stage, server_round))
     metrics = releasable_metrics(trainer.train(steps), dp=cfg.privacy.enabled)
     weights = trainer.get_weights()
     if site.corrupt:

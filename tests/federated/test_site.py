@@ -12,7 +12,7 @@ from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.errors import ConfigError
 from fedcmr4d.federated.init_weights import initial_weights
 from fedcmr4d.federated.settings import SiteSettings
-from fedcmr4d.federated.site import corrupt, train_round
+from fedcmr4d.federated.site import corrupt, round_seed, train_round
 
 ROUNDS = {"autoencoder": 1, "diffusion": 1}
 
@@ -68,3 +68,17 @@ def test_crash_mode_raises_before_training(site: SiteSettings) -> None:
             "autoencoder", cfg, crashing, initial_weights("autoencoder", cfg), None,
             rounds=ROUNDS, server_round=1,
         )  # fmt: skip
+
+
+def test_round_seed_is_stable_and_differs_by_site_stage_and_round() -> None:
+    cfg = load_config("tiny")
+    seed = round_seed(cfg, "site-A", "diffusion", 2)
+    assert seed == round_seed(load_config("tiny"), "site-A", "diffusion", 2)  # no salted hash()
+    others = {
+        round_seed(cfg, "site-B", "diffusion", 2),
+        round_seed(cfg, "site-A", "autoencoder", 2),
+        round_seed(cfg, "site-A", "diffusion", 3),
+        round_seed(load_config("tiny", ["seed=1"]), "site-A", "diffusion", 2),
+    }
+    assert seed not in others and len(others) == 4
+    assert 0 <= seed < 2**64
