@@ -54,7 +54,9 @@ def peak_rss_gib() -> float:
 
 
 def emit(result: dict[str, Any]) -> None:
-    print(json.dumps(result, sort_keys=True))
+    """Print the result as one JSON line; a NaN or infinity is an error here (it is not JSON,
+    and a reader would take it for a figure), so scripts report such values as None."""
+    print(json.dumps(result, sort_keys=True, allow_nan=False))
 
 
 def _with_header(body: str, columns: list[str]) -> str:

@@ -106,11 +106,16 @@ def cohort_consistency(cohort_dir: Path, segmenter: Any | None = None) -> dict[s
         if segmenter is not None:
             lv_area.append(lv_area_consistency(segment_cine(segmenter, cine)))
     return {
-        "temporal_corr": round(_nanmean(temporal), 4),
-        "spatial_corr": round(_nanmean(spatial), 4),
-        "lv_area_corr": round(_nanmean(lv_area), 4) if segmenter is not None else None,
+        "temporal_corr": _rounded(_nanmean(temporal)),
+        "spatial_corr": _rounded(_nanmean(spatial)),
+        "lv_area_corr": _rounded(_nanmean(lv_area)) if segmenter is not None else None,
         "subjects": len(temporal),
     }
+
+
+def _rounded(value: float) -> float | None:
+    """4-decimal value, or None where no pair varied (NaN is not JSON and reads as a figure)."""
+    return round(value, 4) if np.isfinite(value) else None
 
 
 def _timed(fn: Callable[[], Any]) -> float:

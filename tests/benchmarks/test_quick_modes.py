@@ -149,3 +149,22 @@ def test_quick_mode(name: str, request: pytest.FixtureRequest) -> None:
     check = CHECKS.get(name)
     if check is not None:
         check(result)
+
+
+def test_flat_curves_report_none_and_emit_refuses_nan() -> None:
+    """A cohort whose LV areas never vary reports None, not NaN; a NaN that slips through
+    stops the script instead of printing a line that is not JSON."""
+    code = (
+        "import math, numpy as np\n"
+        "from benchmarks.common import emit\n"
+        "from benchmarks.sampling import _rounded, lv_area_consistency\n"
+        "flat = np.zeros((8, 8, 3, 4), dtype=np.uint8)\n"
+        "assert math.isnan(lv_area_consistency(flat))\n"
+        "assert _rounded(lv_area_consistency(flat)) is None and _rounded(0.123456) == 0.1235\n"
+        "emit({'x': float('nan')})\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0 and "Out of range float values" in proc.stderr, proc.stderr
+    assert "AssertionError" not in proc.stderr, proc.stderr
