@@ -162,6 +162,12 @@ class AuditConfig(_Strict):
     dcr_tolerance: float = Field(
         0.2, ge=0, le=0.5, description="dcr_share may exceed its no-memorization value by this"
     )
+    dcr_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="an excess dcr_share fails only when its binomial p-value is below this",
+    )
     fov_mm: float = Field(
         160.0, gt=0, description="in-plane field of view compared (capped by the synthetic one)"
     )

@@ -33,7 +33,10 @@ def audit(
 
     Every `--train` folder is pooled into one training set and every `--holdout` folder into
     one holdout set. A synthetic subject nearer to a training subject than the
-    `audit.percentile` percentile of holdout-to-train distances is flagged.
+    `audit.percentile` percentile of holdout-to-train distances is flagged. The DCR share
+    (synthetic subjects nearer to train than to holdout) fails the audit when it exceeds its
+    no-memorization value by `audit.dcr_tolerance` and its binomial p-value is below
+    `audit.dcr_alpha`. Warnings (too few holdout or synthetic subjects) are printed.
     """
     from fedcmr4d.release.audit import run_audit
 
@@ -45,8 +48,10 @@ def audit(
     typer.echo(
         f"audit {verdict}: {result['n_synthetic']} synthetic, {len(result['flagged'])} flagged, "
         f"threshold {result['threshold']:.6f}, dcr_share {result['dcr_share']:.3f} "
-        f"(expected {result['dcr_expected']:.3f}); wrote {out}"
+        f"(expected {result['dcr_expected']:.3f}, p {result['dcr_p_value']:.2g}); wrote {out}"
     )
+    for warning in result["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
     if not result["passed"]:
         raise AuditFailedError(f"{out}: audit failed: " + "; ".join(result["reasons"]))
 

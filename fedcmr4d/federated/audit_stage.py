@@ -105,6 +105,9 @@ def run_audit_stage(
     verdict = "passed" if audit["passed"] else "FAILED: " + "; ".join(audit["reasons"])
     progress(
         f"audit: {verdict} (threshold {audit['threshold']:.4f}, dcr_share "
-        f"{audit['dcr_share']:.2f}, {len(audit['flagged'])} flagged); {out / 'audit.json'}"
+        f"{audit['dcr_share']:.2f}, p {audit['dcr_p_value']:.2g}, {len(audit['flagged'])} "
+        f"flagged); {out / 'audit.json'}"
     )
+    for warning in audit["warnings"]:
+        progress(f"audit warning: {warning}")
     return audit

@@ -165,7 +165,7 @@ def _federation_rows(result: DemoResult, history: list[dict[str, Any]], fed: Pat
             "audit",
             verdict,
             f"{audit['n_synthetic']} synthetic, {len(audit['flagged'])} flagged, "
-            f"dcr_share {audit['dcr_share']:.2f}",
+            f"dcr_share {audit['dcr_share']:.2f} (p {audit['dcr_p_value']:.2g})",
         )
     )
 

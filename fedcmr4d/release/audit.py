@@ -23,9 +23,15 @@ Rules (recorded in ``audit.json`` under ``method``):
   holdout subject (ties count one half). Without memorization the nearest real subject is in
   the training set with probability ``dcr_expected = n_train / (n_train + n_holdout)`` (0.5
   when both sets are equally large). Memorization pushes the share up.
-- ``passed`` = no subject flagged **and** ``dcr_share <= dcr_expected + audit.dcr_tolerance``.
-  A share far *below* the expected value is not a memorization signal; it is reported
-  (``dcr_low``) but does not fail the audit.
+- ``dcr_p_value`` = one-sided binomial tail P(X >= wins | n_synthetic, dcr_expected), a tie
+  counted as a win: how likely a share at least this high is from a model that memorised
+  nothing. A handful of synthetic subjects gives 1.0 by chance (6 of 6 at ``dcr_expected``
+  2/3: p = 0.088), so the share alone would refuse releases at random.
+- ``passed`` = no subject flagged **and not** (``dcr_share > dcr_expected + audit.dcr_tolerance``
+  **and** ``dcr_p_value < audit.dcr_alpha``): the excess must be both material (tolerance) and
+  unlikely by chance (alpha). With too few synthetic subjects for any share to reach alpha the
+  audit says so in ``warnings``. A share far *below* the expected value is not a memorization
+  signal; it is reported (``dcr_low``) but does not fail the audit.
 """
 
 from __future__ import annotations
@@ -310,26 +316,29 @@ def combine_site_results(
     n_train = sum(r.n_train for r in results)
     n_holdout = sum(r.n_holdout for r in results)
     dcr_expected = n_train / (n_train + n_holdout)
+    p_value = binomial_tail(math.ceil(float(wins.sum())), wins.size, dcr_expected)
     reasons = []
     if flagged:
         reasons.append(
             f"{len(flagged)} synthetic subject(s) nearer to a training subject than "
             f"the threshold {threshold:.6f}"
         )
-    if dcr_share > dcr_expected + config.dcr_tolerance:
+    if dcr_share > dcr_expected + config.dcr_tolerance and p_value < config.dcr_alpha:
         reasons.append(
             f"dcr_share {dcr_share:.3f} exceeds dcr_expected {dcr_expected:.3f} + "
-            f"tolerance {config.dcr_tolerance}"
+            f"tolerance {config.dcr_tolerance} (binomial p = {p_value:.2g} < {config.dcr_alpha})"
         )
     return {
         "passed": not reasons,
         "reasons": reasons,
-        "warnings": _warnings(holdout.size, config.percentile),
+        "warnings": _warnings(holdout.size, config.percentile)
+        + _dcr_warnings(len(ids), dcr_expected, config),
         "threshold": threshold,
         "n_synthetic": len(ids),
         "flagged": flagged,
         "dcr_share": dcr_share,
         "dcr_expected": dcr_expected,
+        "dcr_p_value": p_value,
         "dcr_low": dcr_share < dcr_expected - config.dcr_tolerance,
         "method": {
             "name": METHOD_NAME,
@@ -338,10 +347,13 @@ def combine_site_results(
             "grid": results[0].grid,
             "percentile": config.percentile,
             "dcr_tolerance": config.dcr_tolerance,
+            "dcr_alpha": config.dcr_alpha,
             "threshold_rule": "percentile (linear) of pooled holdout-to-own-site-train nearest "
             "distances",
             "flag_rule": "nearest training distance (all sites) < threshold",
-            "pass_rule": "no flagged subject and dcr_share <= dcr_expected + dcr_tolerance",
+            "pass_rule": "no flagged subject, and not (dcr_share > dcr_expected + dcr_tolerance "
+            "and dcr_p_value < dcr_alpha)",
+            "dcr_p_value_rule": "binomial P(X >= wins | n_synthetic, dcr_expected), ties as wins",
         },
         "sites": [
             {"site": r.site, "n_train": r.n_train, "n_holdout": r.n_holdout} for r in results
@@ -373,6 +385,27 @@ def _warnings(n_holdout: int, percentile: float) -> list[str]:
         f"only {n_holdout} holdout subjects: the {percentile:g} percentile is not resolved, so "
         f"about {resolution:.1f} % of subjects that memorised nothing fall below the threshold; "
         f"use at least {int(round(100.0 / percentile)) - 1} holdout subjects over all sites"
+    ]
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p); exact sum (n is a cohort size, not millions)."""
+    if k <= 0:
+        return 1.0
+    return min(1.0, sum(math.comb(n, i) * p**i * (1.0 - p) ** (n - i) for i in range(k, n + 1)))
+
+
+def _dcr_warnings(n_synthetic: int, dcr_expected: float, config: AuditConfig) -> list[str]:
+    """Say when even a share of 1.0 could not fail the DCR test: it then has no power."""
+    if n_synthetic == 0 or binomial_tail(n_synthetic, n_synthetic, dcr_expected) < config.dcr_alpha:
+        return []
+    # smallest n with dcr_expected ** n < alpha (0 < dcr_expected < 1: both sets are non-empty)
+    needed = math.floor(math.log(config.dcr_alpha) / math.log(dcr_expected)) + 1
+    return [
+        f"only {n_synthetic} synthetic subjects: even all of them nearer to training than to "
+        f"holdout subjects (probability {dcr_expected:.3f} each by chance) would not reach "
+        f"dcr_alpha {config.dcr_alpha}, so the DCR share cannot fail this audit; sample at "
+        f"least {needed} (more for the test to see a partial excess)"
     ]
 
 

@@ -18,6 +18,11 @@ import numpy as np
 from fedcmr4d.data.cohort import atomic_write_text
 
 
+def format_p_value(value: float | None) -> str:
+    """A p-value for people: 3 significant digits; "not computed" for audits older than it."""
+    return "not computed" if value is None else f"{value:.3g}"
+
+
 def _histogram_png(audit: dict[str, Any]) -> str:
     import matplotlib
 
@@ -78,7 +83,8 @@ td,th{{border:1px solid #ccc;padding:2px 8px}}table{{border-collapse:collapse}}<
 <p>{audit["n_synthetic"]} synthetic subjects; threshold {audit["threshold"]:.6f}
 (the {method["percentile"]} percentile of real holdout-to-train nearest distances);
 DCR share {audit["dcr_share"]:.3f} (expected without memorization {audit["dcr_expected"]:.3f},
-tolerance {method["dcr_tolerance"]}).</p>
+tolerance {method["dcr_tolerance"]}; binomial p-value {format_p_value(audit.get("dcr_p_value"))},
+an excess fails below {method.get("dcr_alpha", "?")}).</p>
 <h2>Reasons for failure</h2><ul>{reasons}</ul>
 <h2>Warnings</h2><ul>{warnings}</ul>
 <h2>Distances</h2>

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from fedcmr4d.release.audit_report import format_p_value
+
 _SUMMARY_KEYS = (
     ("checkpoint_sha256", "Checkpoint SHA-256"),
     ("checkpoint", "Checkpoint"),
@@ -79,7 +81,9 @@ def render_datasheet(provenance: dict[str, Any], audit: dict[str, Any]) -> str:
             "percentile of real holdout-to-train nearest distances, computed at the sites.",
             f"- Flagged synthetic subjects: {summary['n_flagged']} of {summary['n_synthetic']}.",
             f"- DCR share {summary['dcr_share']:.3f} (expected without memorization "
-            f"{summary['dcr_expected']:.3f}, tolerance {method.get('dcr_tolerance', '?')}).",
+            f"{summary['dcr_expected']:.3f}, tolerance {method.get('dcr_tolerance', '?')}; "
+            f"binomial p-value {format_p_value(summary.get('dcr_p_value'))}, fails below "
+            f"{method.get('dcr_alpha', '?')}).",
             f"- Sites: {sites}.",
             f"- `audit.json` SHA-256 `{summary['sha256']}`; histograms in `audit.html`.",
             "",

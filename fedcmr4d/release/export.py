@@ -107,6 +107,7 @@ def _provenance(
             "n_flagged": len(audit["flagged"]),
             "dcr_share": audit["dcr_share"],
             "dcr_expected": audit.get("dcr_expected"),
+            "dcr_p_value": audit.get("dcr_p_value"),
             "method": audit.get("method", {}).get("name"),
             "sites": audit.get("sites", []),
             "sha256": audit_sha,

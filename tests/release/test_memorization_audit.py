@@ -166,3 +166,52 @@ def test_raise_on_fail_raises_audit_failed(cohorts: Any, tmp_path: Path):
     write_cohort_index(tmp_path / "synthetic", ["fresh000"])
     with pytest.raises(AuditFailedError, match="audit failed"):
         run_audit(tmp_path / "synthetic", [cohorts.fresh], [cohorts.holdout], raise_on_fail=True)
+
+
+def _dcr_site(wins: int, n_synthetic: int, n_train: int, n_holdout: int) -> SiteAuditResult:
+    """Hand-made distances: every synthetic subject far above the threshold (0.1), the first
+    ``wins`` of them nearer to a training subject than to a holdout one."""
+    return SiteAuditResult(
+        site="A",
+        n_train=n_train,
+        n_holdout=n_holdout,
+        holdout_to_train=[0.1] * n_holdout,
+        synthetic_ids=[f"s{i}" for i in range(n_synthetic)],
+        synthetic_to_train=[0.5 if i < wins else 0.6 for i in range(n_synthetic)],
+        synthetic_to_holdout=[0.55] * n_synthetic,
+    )
+
+
+@pytest.mark.parametrize(
+    ("wins", "n", "passed", "p_value"),
+    [
+        (6, 6, True, (2 / 3) ** 6),  # the demo's size: 1.0 happens 9 % of the time by chance
+        (5, 6, True, 6 * (2 / 3) ** 5 / 3 + (2 / 3) ** 6),
+        (15, 15, False, (2 / 3) ** 15),  # the same share from 15 subjects is memorization
+        (14, 15, True, None),  # 0.933 > 2/3 + 0.2, but p = 0.019: not unlikely enough
+        (35, 40, False, None),  # 0.875, p = 0.0025
+        (300, 400, True, None),  # p ~ 1e-4, but 0.75 is within the tolerance: not material
+    ],
+)
+def test_dcr_fails_only_when_the_excess_is_material_and_unlikely_by_chance(
+    wins: int, n: int, passed: bool, p_value: float | None
+):
+    site = _dcr_site(wins, n, n_train=2 * n, n_holdout=n)  # dcr_expected 2/3
+    audit = combine_site_results([site], config=AuditConfig(), files={})
+    assert audit["flagged"] == [] and audit["dcr_share"] == pytest.approx(wins / n)
+    assert audit["passed"] is passed, audit["reasons"]
+    assert audit["dcr_p_value"] == pytest.approx(p_value) if p_value else 0 < audit["dcr_p_value"]
+    if not passed:
+        assert "dcr_share" in audit["reasons"][0] and "binomial p" in audit["reasons"][0]
+    no_power = [w for w in audit["warnings"] if "cannot fail" in w]
+    assert bool(no_power) is (n < 12), audit["warnings"]
+    if no_power:
+        assert "sample at least 12" in no_power[0]  # (2/3) ** 12 = 0.0077 < 0.01 < (2/3) ** 11
+
+
+def test_dcr_alpha_is_validated_and_recorded():
+    site = _dcr_site(35, 40, n_train=80, n_holdout=40)
+    lenient = combine_site_results([site], config=AuditConfig(dcr_alpha=1e-9), files={})
+    assert lenient["passed"] and lenient["method"]["dcr_alpha"] == 1e-9
+    with pytest.raises(ValueError, match="dcr_alpha"):
+        AuditConfig(dcr_alpha=0)
