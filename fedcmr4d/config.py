@@ -51,6 +51,9 @@ class AutoencoderConfig(_Strict):
     embedding_dim: int = Field(8, ge=1)
     commitment_cost: float = Field(0.25, ge=0)
     entropy_weight: float = Field(0.1, ge=0)
+    entropy_usage: Literal["batch", "sample"] = Field(
+        "sample", description="code usage of the entropy loss averaged per slice or over the batch"
+    )
     perceptual_weight: float = Field(0.0, ge=0)
     perceptual_weights_path: str | None = None
     adversarial_weight: float = Field(0.005, ge=0)

@@ -11,14 +11,19 @@ Losses (all scalars, means over the batch, so they decompose per sample as DP-SG
 - codebook loss ``||sg[z] - q||^2`` pulls codes to encodings;
 - commitment loss ``||z - sg[q]||^2`` (weighted by ``commitment_cost``) keeps encodings near codes;
 - entropy loss: mean per-position entropy of the soft assignment (confident matches) minus the
-  entropy of each sample's average assignment (many codes in use). The "average" is taken within
-  each sample, not across the batch, so the loss of one sample never depends on another.
+  entropy of the average assignment (many codes in use). ``usage="sample"`` (default) averages
+  within each sample, which asks every single slice to use all K codes; ``usage="batch"`` over
+  the whole batch (the usual form). docs/models.md: on cpu-small both scramble flat background
+  from frame to frame, so stage 2 there trains on latents of ``entropy_weight`` 0.
+  Under DP-SGD the trainer computes each subject's loss in its own call (``torch.func.vmap``),
+  so there "batch" is that subject's slices and no subject's loss depends on another's.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +63,7 @@ class CosineQuantizer(nn.Module):
         embedding_dim: code dimension D (>= 1); the channel axis of the input.
         commitment_cost: weight of the commitment loss (>= 0).
         entropy_temperature: softmax temperature of the soft assignment used by the entropy loss.
+        usage: where the entropy loss's code usage is averaged: "batch" or "sample".
 
     Shapes:
         input (N, D, *spatial) -> quantized (N, D, *spatial), unit-norm along D.
@@ -70,6 +76,7 @@ class CosineQuantizer(nn.Module):
         *,
         commitment_cost: float = 0.25,
         entropy_temperature: float = 0.01,
+        usage: Literal["batch", "sample"] = "sample",
     ) -> None:
         super().__init__()
         if num_embeddings < 2:
@@ -83,7 +90,10 @@ class CosineQuantizer(nn.Module):
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim
         self.commitment_cost = commitment_cost
+        if usage not in ("batch", "sample"):
+            raise ValueError(f"usage must be 'batch' or 'sample', got {usage!r}")
         self.entropy_temperature = entropy_temperature
+        self.usage = usage
         self.codebook = nn.Parameter(torch.randn(num_embeddings, embedding_dim))
 
     def normalized_codebook(self) -> Tensor:
@@ -114,8 +124,11 @@ class CosineQuantizer(nn.Module):
         commitment_loss = self.commitment_cost * F.mse_loss(z_unit, quant.detach())
         probs = torch.softmax(sim / self.entropy_temperature, dim=-1)  # (N, P, K)
         per_position = _entropy(probs, dim=-1).mean()
-        per_sample_usage = _entropy(probs.mean(dim=1), dim=-1).mean()
-        entropy_loss = per_position - per_sample_usage
+        if self.usage == "batch":
+            usage = _entropy(probs.mean(dim=(0, 1)), dim=-1)
+        else:
+            usage = _entropy(probs.mean(dim=1), dim=-1).mean()
+        entropy_loss = per_position - usage
         straight_through = z_unit + (quant - z_unit).detach()
         return QuantizerOutput(
             quantized=straight_through,

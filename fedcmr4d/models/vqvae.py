@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from monai.networks.nets.vqvae import Decoder, Encoder
@@ -50,6 +51,7 @@ class SpatioTemporalVQVAE(nn.Module):
         num_embeddings: codebook size.
         embedding_dim: latent dimension D.
         commitment_cost: weight of the commitment loss.
+        entropy_usage: "batch" or "sample" (:class:`CosineQuantizer`'s ``usage``).
         temporal_downsample: 4 (the seed's design) or 2 (keeps more of the beat at 16 frames).
 
     Shapes:
@@ -69,6 +71,7 @@ class SpatioTemporalVQVAE(nn.Module):
         embedding_dim: int = 8,
         commitment_cost: float = 0.25,
         temporal_downsample: int = 4,
+        entropy_usage: Literal["batch", "sample"] = "sample",
     ) -> None:
         super().__init__()
         if in_channels < 1:
@@ -99,7 +102,7 @@ class SpatioTemporalVQVAE(nn.Module):
             act="RELU",
         )
         self.quantizer = CosineQuantizer(
-            num_embeddings, embedding_dim, commitment_cost=commitment_cost
+            num_embeddings, embedding_dim, commitment_cost=commitment_cost, usage=entropy_usage
         )
         self.decoder = Decoder(
             spatial_dims=3,

@@ -22,6 +22,7 @@ def build_autoencoder(cfg: Config) -> SpatioTemporalVQVAE:
         embedding_dim=ae.embedding_dim,
         commitment_cost=ae.commitment_cost,
         temporal_downsample=ae.temporal_downsample,
+        entropy_usage=ae.entropy_usage,
     )
 
 

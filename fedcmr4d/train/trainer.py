@@ -495,7 +495,9 @@ class StageTrainer:
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, subject_ids: Sequence[str]) -> dict[str, float]:
-        """Held-out metrics. Stage 1: PSNR (dB), L1, code perplexity, dead codes. Stage 2: the
+        """Held-out metrics. Stage 1: PSNR (dB), L1, code perplexity, dead codes, distinct codes
+        per slice and the cosine of a latent position's code in consecutive frames (near 1:
+        smooth latents stage 2 can learn; near 0.5: scrambled, docs/models.md). Stage 2: the
         diffusion loss at fixed noise/timesteps (seeded) on the subjects' latent stacks."""
         ids, cines = load_cines(
             self.cohort_dir,
@@ -515,7 +517,7 @@ class StageTrainer:
 
     def _evaluate_autoencoder(self, cines: list[np.ndarray]) -> dict[str, float]:
         model = self.models["autoencoder"]
-        psnrs, l1s, indices = [], [], []
+        psnrs, l1s, indices, per_slice, frame_cos = [], [], [], [], []
         for cine in cines:
             x = self._to_device(cine_slices(cine))
             with self._autocast():
@@ -524,6 +526,9 @@ class StageTrainer:
             psnrs.append(psnr(recon, x))
             l1s.append(float(torch.mean(torch.abs(recon.clamp(0, 1) - x))))
             indices.append(out.quantizer.indices.reshape(-1).cpu())
+            per_slice += [len(torch.unique(i)) for i in out.quantizer.indices]
+            codes = out.quantizer.quantized.float()  # (Z, D, h, w, t), unit norm along D
+            frame_cos.append(float((codes[..., 1:] * codes[..., :-1]).sum(dim=1).mean()))
         all_indices = torch.cat(indices)
         quantizer = _unwrap(model).quantizer
         used = int(torch.unique(all_indices).numel())
@@ -533,6 +538,8 @@ class StageTrainer:
             "perplexity": float(quantizer.perplexity(all_indices)),
             "codes_used": float(used),
             "dead_codes": float(quantizer.num_embeddings - used),
+            "codes_per_slice": float(np.mean(per_slice)),
+            "latent_frame_cosine": float(np.mean(frame_cos)),
             "num-examples": float(len(cines)),
         }
 

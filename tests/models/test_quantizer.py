@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -35,6 +37,7 @@ def test_shapes(kwargs: dict, shape: tuple) -> None:
         ({"embedding_dim": 0}, "embedding_dim"),
         ({"commitment_cost": -1.0}, "commitment_cost"),
         ({"entropy_temperature": 0.0}, "entropy_temperature"),
+        ({"usage": "slice"}, "usage"),
     ],
 )
 def test_validation_names_argument(kwargs: dict, name: str) -> None:
@@ -85,3 +88,25 @@ def test_latent_scale_is_a_function_of_the_codebook_only() -> None:
     scale = q.latent_scale()
     assert scale == pytest.approx(1.0 / float(q.normalized_codebook().detach().std()))
     assert 2.0 < scale < 3.5  # ~sqrt(8) for random unit codes
+
+
+@pytest.mark.parametrize(("usage", "expected"), [("batch", -math.log(2)), ("sample", 0.0)])
+def test_entropy_usage_is_averaged_over_the_batch_or_each_sample(
+    usage: str, expected: float
+) -> None:
+    """Sample 0 sits on code 0 everywhere, sample 1 on code 1: confident (per-position entropy
+    ~0); two codes in use over the batch (usage entropy log 2), one within each sample (0)."""
+    q = CosineQuantizer(4, 2, usage=usage, entropy_temperature=1e-3)  # type: ignore[arg-type]
+    with torch.no_grad():
+        q.codebook.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
+    z = torch.zeros(2, 2, 3, 3)
+    z[0, 0], z[1, 1] = 1.0, 1.0
+    out = q(z)
+    assert out.indices[0].eq(0).all() and out.indices[1].eq(1).all()
+    assert float(out.entropy_loss) == pytest.approx(expected, abs=1e-4)
+    # "sample" decomposes: the batch's loss is the mean of each sample's own loss
+    singles = [float(q(z[i : i + 1]).entropy_loss) for i in range(2)]
+    if usage == "sample":
+        assert float(out.entropy_loss) == pytest.approx(sum(singles) / 2, abs=1e-6)
+    else:
+        assert float(out.entropy_loss) < sum(singles) / 2 - 0.5

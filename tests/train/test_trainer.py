@@ -64,6 +64,8 @@ def test_train_counts_steps_and_turns_adversarial_on(ae_trainer: StageTrainer) -
     metrics = ae_trainer.evaluate(["phantom003"])
     assert metrics["psnr"] > 0 and 1 <= metrics["perplexity"] <= 64
     assert metrics["codes_used"] + metrics["dead_codes"] == 64
+    assert 1 <= metrics["codes_per_slice"] <= metrics["codes_used"]
+    assert -1.0 <= metrics["latent_frame_cosine"] <= 1.0
 
 
 def test_stage_two_on_stage_one_weights(
