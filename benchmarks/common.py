@@ -7,6 +7,7 @@ after the script, so rerunning a benchmark updates its figures instead of append
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import os
@@ -44,6 +45,15 @@ def context() -> dict[str, Any]:
         "torch": torch.__version__,
         "date": _dt.date.today().isoformat(),
     }
+
+
+def benchmark_parser(doc: str | None, quick_help: str) -> argparse.ArgumentParser:
+    """The options every recording benchmark shares: ``--quick`` (small sizes, never recorded;
+    CI runs it) and ``--no-record`` (measure and print, leave docs/benchmarks.md alone)."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--no-record", action="store_true")
+    return parser
 
 
 def peak_rss_gib() -> float:

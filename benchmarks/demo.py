@@ -13,7 +13,6 @@ total is what the machine must hold at once; the target is checked against the t
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import shutil
@@ -25,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import context, emit, record
+from benchmarks.common import benchmark_parser, context, emit, record
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 TARGET_S = 600.0
@@ -119,9 +118,7 @@ def measure(command: list[str], cwd: Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="time `fedcmr4d phantom` instead")
-    parser.add_argument("--no-record", action="store_true")
+    parser = benchmark_parser(__doc__, "time `fedcmr4d phantom` instead")
     parser.add_argument("demo_args", nargs="*", help="extra arguments for `fedcmr4d demo`")
     args = parser.parse_args()
     cli = [sys.executable, "-m", "fedcmr4d"]

@@ -13,7 +13,6 @@ on its own Poisson sample under DP. The first step of each mode is a warm-up and
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import tempfile
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import context, emit, peak_rss_gib, record
+from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from fedcmr4d.config import Config, load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.privacy.site import SitePrivacy
@@ -56,9 +55,7 @@ def _trainer(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny models, 2 steps, no record")
-    parser.add_argument("--no-record", action="store_true")
+    parser = benchmark_parser(__doc__, "tiny models, 2 steps, no record")
     parser.add_argument("--config", default="cpu-small")
     parser.add_argument("--batch", type=int, default=8, help="(expected) subjects per step")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per mode")

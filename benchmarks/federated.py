@@ -14,14 +14,13 @@ checks that the bytes the coordinator logs in ``metrics.jsonl`` equal the comput
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import context, emit, peak_rss_gib, record
+from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from fedcmr4d.config import load_config
 from fedcmr4d.federated.init_weights import initial_weights
 from fedcmr4d.federated.records import (
@@ -96,9 +95,7 @@ def measured_simulation() -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny only, no simulation")
-    parser.add_argument("--no-record", action="store_true")
+    parser = benchmark_parser(__doc__, "tiny only, no simulation")
     parser.add_argument("--sites", type=int, default=3)
     args = parser.parse_args()
     configs = ("tiny",) if args.quick else CONFIGS

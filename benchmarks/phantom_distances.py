@@ -19,13 +19,12 @@ to docs/phantom-subjects.png and records a row in docs/benchmarks.md (not with -
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import context, emit, peak_rss_gib, record
+from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from fedcmr4d.data.phantom import make_phantom_subject
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -117,11 +116,9 @@ def gallery(seed: int, n: int = 4) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = benchmark_parser(__doc__, "12 subjects, record nothing")
     parser.add_argument("--subjects", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="12 subjects, record nothing")
-    parser.add_argument("--no-record", action="store_true")
     args = parser.parse_args()
     n = 12 if args.quick else args.subjects
     start = time.perf_counter()

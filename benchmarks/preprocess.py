@@ -12,14 +12,13 @@ shared), peak memory, and the LV volume at ED/ES before and after.
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import context, emit, peak_rss_gib, record
+from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from fedcmr4d.data.acdc import load_acdc_subject
 from fedcmr4d.data.cohort import LABEL_LV, write_subject
 from fedcmr4d.data.phantom import ed_es_frames
@@ -31,9 +30,7 @@ QUICK = SourceGeometry(shape=(128, 108, 8), zooms=(2.8, 2.8, 8.0), frames=12)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small grid, record nothing")
-    parser.add_argument("--no-record", action="store_true")
+    parser = benchmark_parser(__doc__, "small grid, record nothing")
     parser.add_argument("--image-size", type=int, default=None, help="default 384 (128 quick)")
     parser.add_argument("--frames", type=int, default=32)
     args = parser.parse_args()

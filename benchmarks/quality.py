@@ -16,13 +16,12 @@ training and held-out subjects together).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import context, emit, peak_rss_gib, record
+from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from benchmarks.tiny_run import build_tiny_run
 from fedcmr4d.evaluate import evaluate_cohorts
 from fedcmr4d.release.sample import sample_cohort
@@ -72,9 +71,7 @@ def evaluate_checkpoint(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny trained run, no record")
-    parser.add_argument("--no-record", action="store_true")
+    parser = benchmark_parser(__doc__, "tiny trained run, no record")
     parser.add_argument("--checkpoint", type=Path, help="one-pass stage-2 checkpoint")
     parser.add_argument("--real", type=Path, help="real cohort (default: the checkpoint's data)")
     parser.add_argument("--segmenter", type=Path, help="segmenter checkpoint (default: train)")

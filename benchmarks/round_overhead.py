@@ -20,7 +20,6 @@ the simulation's total minus its rounds.
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import context, emit, peak_rss_gib, record
+from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from fedcmr4d.config import load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.federated.init_weights import initial_weights
@@ -136,9 +135,7 @@ def measure(config: str, steps: int, subjects: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny config, 2 steps per round")
-    parser.add_argument("--no-record", action="store_true")
+    parser = benchmark_parser(__doc__, "tiny config, 2 steps per round")
     parser.add_argument("--config", default="cpu-small")
     parser.add_argument("--steps", type=int, default=100, help="local steps per round")
     parser.add_argument("--subjects", type=int, default=8, help="phantom subjects at the site")

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import context, emit, peak_rss_gib, record
+from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from benchmarks.tiny_run import build_tiny_run
 from fedcmr4d.data.cohort import LABEL_LV, open_cohort
 from fedcmr4d.evaluate.features import FeatureNetwork
@@ -233,9 +233,7 @@ def real_real_fid(real_features: np.ndarray) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny trained run, no record")
-    parser.add_argument("--no-record", action="store_true")
+    parser = benchmark_parser(__doc__, "tiny trained run, no record")
     parser.add_argument("--checkpoint", type=Path, help="one-pass stage-2 checkpoint")
     parser.add_argument("--slicewise-checkpoint", type=Path, help="stack_slices: 1 checkpoint")
     parser.add_argument("--real", type=Path, help="real cohort (default: the checkpoint's data)")

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from benchmarks.common import context, emit, peak_rss_gib, record
+from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from fedcmr4d.config import Config, load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.train.models import build_autoencoder
@@ -215,9 +215,7 @@ def _summarise(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny config, eager only, no record")
-    parser.add_argument("--no-record", action="store_true")
+    parser = benchmark_parser(__doc__, "tiny config, eager only, no record")
     parser.add_argument("--config", default=None, help="default: paper on CUDA, else cpu-small")
     parser.add_argument("--set", action="append", default=[], help="config override k=v")
     parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
