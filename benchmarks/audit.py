@@ -33,21 +33,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import context, emit, peak_rss_gib, record  # noqa: E402
-from fedcmr4d.config import AuditConfig  # noqa: E402
-from fedcmr4d.data.cohort import Subject, write_cohort_index, write_subject  # noqa: E402
-from fedcmr4d.data.phantom import make_phantom_subject  # noqa: E402
-from fedcmr4d.release.audit import (  # noqa: E402
-    combine_site_results,
-    prepare_synthetic,
-    site_audit,
-)
-from fedcmr4d.release.controls import NEAR_COPY_KINDS, near_copy  # noqa: E402
-from fedcmr4d.release.distance import (  # noqa: E402
+from fedcmr4d.audit.controls import NEAR_COPY_KINDS, near_copy  # noqa: E402
+from fedcmr4d.audit.distance import (  # noqa: E402
     coarse_candidates,
     exact_on_candidates,
     nearest,
 )
-from fedcmr4d.release.features import AuditGrid, represent_subject  # noqa: E402
+from fedcmr4d.audit.features import AuditGrid, represent_subject  # noqa: E402
+from fedcmr4d.audit.memorization import (  # noqa: E402
+    combine_site_results,
+    prepare_synthetic,
+    site_audit,
+)
+from fedcmr4d.config import AuditConfig  # noqa: E402
+from fedcmr4d.data.cohort import Subject, write_cohort_index, write_subject  # noqa: E402
+from fedcmr4d.data.phantom import make_phantom_subject  # noqa: E402
 
 
 def _random_reps(n: int, grid: AuditGrid, seed: int) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Quality of a trained generator: FID across depth and EF W1 (issue 9, row 7).
 
 Samples ``--subjects`` synthetic subjects from a stage-2 checkpoint (one-pass,
-:func:`fedcmr4d.release.sample.sample_cohort`) and evaluates them against the real cohort with
+:func:`fedcmr4d.pipelines.generation.sample_cohort`) and evaluates them against the real cohort with
 the evaluation API (:func:`fedcmr4d.evaluate.evaluate_cohorts`): FID across depth (synthetic vs
 real, and real vs real from two halves of the real cohort as the floor the synthetic FID should
 approach), and the 1-Wasserstein distance between the synthetic and real ejection-fraction
@@ -24,7 +24,7 @@ from typing import Any
 from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from benchmarks.tiny_run import build_tiny_run
 from fedcmr4d.evaluate import evaluate_cohorts
-from fedcmr4d.release.sample import sample_cohort
+from fedcmr4d.pipelines.generation import sample_cohort
 from fedcmr4d.train.checkpoint import load_checkpoint
 
 KEPT = (

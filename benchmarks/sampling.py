@@ -1,9 +1,9 @@
 """Sampling: one-pass 4D vs the slice-wise baseline; DDIM vs DDPM (issue 9, row 3).
 
 1. **Time per subject**, one-pass (one (S * D, h, w, t) latent stack per subject, one reverse
-   pass: :func:`fedcmr4d.release.sample.sample_cohort`) vs slice-wise (S independent
+   pass: :func:`fedcmr4d.pipelines.generation.sample_cohort`) vs slice-wise (S independent
    single-slice samples from a ``diffusion.stack_slices: 1`` model:
-   :func:`~fedcmr4d.release.sample.sample_slicewise`), with the same subjects per reverse pass
+   :func:`~fedcmr4d.pipelines.generation.sample_slicewise`), with the same subjects per reverse pass
    (``--batch`` subjects; the slice-wise pass then holds ``--batch`` x S slices). Timed end to
    end (load, denoise, snap, decode, write) and for the reverse process alone.
 2. **Inter-slice consistency** of the cohorts written, and of the real cohort for reference:
@@ -44,7 +44,7 @@ from fedcmr4d.data.cohort import LABEL_LV, open_cohort
 from fedcmr4d.evaluate.features import FeatureNetwork
 from fedcmr4d.evaluate.fid import depth_moments, fid_across_depth
 from fedcmr4d.evaluate.segmenter import load_segmenter, segment_cine
-from fedcmr4d.release.sample import (
+from fedcmr4d.pipelines.generation import (
     Generator4D,
     decode_subject,
     load_generator,

@@ -1,4 +1,4 @@
-"""CLI commands: ``fedcmr4d evaluate`` and ``fedcmr4d train segmenter``."""
+"""CLI command: ``fedcmr4d evaluate`` (metrics.json, report.html and plots)."""
 
 from __future__ import annotations
 
@@ -9,35 +9,7 @@ from pathlib import Path
 import typer
 
 from fedcmr4d.cli import app
-from fedcmr4d.cli.train import train_app
 from fedcmr4d.config import load_config
-
-
-@train_app.command("segmenter")
-def train_segmenter_command(
-    config: str = typer.Option("tiny", "--config", help="Config name or YAML file."),
-    data: Path = typer.Option(..., "--data", help="Cohort folder with labels (ED/ES at least)."),
-    out: Path = typer.Option(..., "--out", help="Checkpoint folder to write."),
-    overrides: list[str] = typer.Option(
-        [], "--set", help="Override one config value, e.g. evaluate.segmenter_steps=400."
-    ),
-) -> None:
-    """Train the 2D LV/myocardium/RV segmenter (GroupNorm UNet) on a cohort's labelled frames.
-
-    Writes `segmenter.safetensors`, `config.yaml` and `meta.json` to OUT. Its encoder is also the
-    default feature network of `fedcmr4d evaluate`.
-
-    Example: `fedcmr4d train segmenter --config cpu-small --data cohort/ --out runs/segmenter`
-    """
-    from fedcmr4d.data.cohort import open_cohort
-    from fedcmr4d.evaluate.segmenter import train_segmenter
-
-    cfg = load_config(config, overrides)
-    result = train_segmenter(open_cohort(data), out, cfg)
-    typer.echo(
-        f"segmenter: {result.steps} steps on {result.train_frames} labelled frames of "
-        f"{result.train_subjects} subjects, final loss {result.final_loss:.4f} -> {out}"
-    )
 
 
 @app.command("evaluate")

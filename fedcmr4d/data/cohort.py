@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from fedcmr4d.errors import InputError
+from fedcmr4d.io import atomic_write_json, read_json_object
 
 FORMAT_VERSION = 1
 COHORT_INDEX = "cohort.json"
@@ -81,41 +81,6 @@ def _nifti(volume: np.ndarray, affine: np.ndarray, frame_ms: float) -> nib.Nifti
     image.header.set_qform(affine, code=1)
     image.header.set_sform(affine, code=1)
     return image
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, payload: Any) -> None:
-    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True) + "\n")
-
-
-def read_json_object(path: str | Path, what: str = "JSON file") -> dict[str, Any]:
-    """Parse ``path`` as a JSON object, or raise :class:`InputError` naming the file and why.
-
-    The one reader for every small JSON file the toolkit consumes (cohort index, subject meta,
-    checkpoint meta, audit, sidecars), so each reports unreadable, malformed and non-object
-    content the same way.
-    """
-    try:
-        payload = json.loads(Path(path).read_text())
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: invalid JSON in {what} ({exc})") from None
-    if not isinstance(payload, dict):
-        raise InputError(f"{path}: {what} must be a JSON object")
-    return payload
 
 
 def _validate_subject(subject: Subject) -> None:

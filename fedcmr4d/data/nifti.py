@@ -27,8 +27,9 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from fedcmr4d.data.cohort import LABEL_LV, LABEL_UNLABELLED, Subject, read_json_object
+from fedcmr4d.data.cohort import LABEL_LV, LABEL_UNLABELLED, Subject
 from fedcmr4d.errors import InputError
+from fedcmr4d.io import read_json_object
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 DEFAULT_CYCLE_MS = 1000.0  # used only when a header carries no plausible frame time

@@ -14,15 +14,15 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from fedcmr4d.data.cohort import LABEL_UNLABELLED, atomic_write_text
+from fedcmr4d.data.cohort import LABEL_UNLABELLED
 from fedcmr4d.data.phantom import PhantomParams, ed_es_frames, render_phantom, sample_params
+from fedcmr4d.io import atomic_write, atomic_write_text
 
 ACDC_FROM_COHORT = np.array([0, 3, 2, 1], dtype=np.uint8)  # cohort LV 1 -> ACDC 3, RV 3 -> 1
 
@@ -82,10 +82,7 @@ def _save(data: np.ndarray, affine: np.ndarray, path: Path, frame_ms: float | No
         zooms.append(frame_ms or 1.0)
     image.header.set_zooms(tuple(float(z) for z in zooms))
     image.header.set_xyzt_units("mm", "msec")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{os.getpid()}-{path.name}"
-    nib.save(image, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: nib.save(image, tmp), mode=0o644)
 
 
 def write_acdc_patient(

@@ -13,7 +13,6 @@ file): :attr:`FeatureNetwork.sha256` identifies it and goes into ``metrics.json`
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +27,7 @@ from fedcmr4d.evaluate.segmenter import (
     pad_to_multiple,
     weights_features,
 )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from fedcmr4d.io import sha256_file
 
 
 def resolve_weights(path: str | Path) -> Path:
@@ -60,7 +52,7 @@ class FeatureNetwork:
 
     def __init__(self, weights: str | Path) -> None:
         self.path = resolve_weights(weights)
-        self.sha256 = _sha256(self.path)
+        self.sha256 = sha256_file(self.path)
         self.widths = weights_features(self.path)
         self.model: BasicUNet = load_weights_file(self.path)
         self.model.eval()

@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from fedcmr4d.config import Config
-from fedcmr4d.data.cohort import Cohort, atomic_write_json, open_cohort
+from fedcmr4d.data.cohort import Cohort, open_cohort
 from fedcmr4d.errors import InputError
 from fedcmr4d.evaluate import report
 from fedcmr4d.evaluate.features import FeatureNetwork
 from fedcmr4d.evaluate.fid import depth_moments, fid_across_depth
 from fedcmr4d.evaluate.lv import LVFunction, ef_wasserstein, lv_function
 from fedcmr4d.evaluate.segmenter import load_segmenter, segment_cine, train_segmenter
+from fedcmr4d.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,23 +21,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fedcmr4d.data.cohort import atomic_write_text  # noqa: E402
+from fedcmr4d.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 REAL_COLOUR, SYNTH_COLOUR = "#1f77b4", "#d62728"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write bytes through a temporary name and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _png(fig: Any) -> bytes:

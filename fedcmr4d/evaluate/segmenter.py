@@ -17,8 +17,6 @@ resolved config) and ``meta.json`` (written last: a folder without it is not a c
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +29,9 @@ from safetensors.torch import load_file, save_file
 
 from fedcmr4d import __version__
 from fedcmr4d.config import Config
-from fedcmr4d.data.cohort import (
-    LABEL_UNLABELLED,
-    Cohort,
-    atomic_write_json,
-    atomic_write_text,
-    read_json_object,
-)
+from fedcmr4d.data.cohort import LABEL_UNLABELLED, Cohort
 from fedcmr4d.errors import InputError
+from fedcmr4d.io import atomic_write, atomic_write_json, atomic_write_text, read_json_object
 
 NUM_CLASSES = 4  # background, LV cavity, LV myocardium, RV
 WEIGHTS_FILE = "segmenter.safetensors"
@@ -222,15 +215,10 @@ def save_segmenter(model: BasicUNet, out_dir: Path, cfg: Config, meta: dict[str,
     """Write weights, config and (last) meta.json, each through a temporary name."""
     out_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_FILE}.", suffix=".tmp", dir=out_dir)
-    os.close(fd)
-    try:
-        header = {"kind": KIND, "features": ",".join(str(f) for f in meta["features"])}
-        save_file(state, tmp, metadata=header)
-        os.replace(tmp, out_dir / WEIGHTS_FILE)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    header = {"kind": KIND, "features": ",".join(str(f) for f in meta["features"])}
+    atomic_write(
+        out_dir / WEIGHTS_FILE, lambda tmp: save_file(state, tmp, metadata=header), mode=0o644
+    )
     atomic_write_text(out_dir / CONFIG_FILE, cfg.to_yaml())
     atomic_write_json(out_dir / META_FILE, meta)
 

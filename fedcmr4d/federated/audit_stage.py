@@ -4,7 +4,7 @@ The coordinator samples a synthetic cohort from the stage-2 checkpoint (or takes
 ``synthetic-dir``), prepares its audit representations once (synthetic data only) and sends them
 to every site in a ``query.audit`` message. Each site answers with nearest-neighbour distances
 of the synthetic subjects to its own training and holdout subjects, and holdout-to-train
-distances for the threshold (``fedcmr4d.release.audit.SiteAuditResult``): no real image and no
+distances for the threshold (``fedcmr4d.audit.memorization.SiteAuditResult``): no real image and no
 real subject id leaves a site. The combiner writes ``audit.json`` and ``audit.html``.
 """
 
@@ -40,7 +40,7 @@ def ensure_synthetic(out: Path, synthetic_dir: str, n_subjects: int, seed: int) 
                 f"{checkpoint}: stage audit needs a stage-2 checkpoint (run the diffusion stage "
                 "first) or synthetic-dir"
             )
-        from fedcmr4d.release.sample import sample_cohort
+        from fedcmr4d.pipelines.generation import sample_cohort
 
         sample_cohort(checkpoint, n_subjects, path, seed=seed)
     return path
@@ -65,7 +65,7 @@ def run_audit_stage(
     Returns:
         The audit dictionary (``passed``, ``threshold``, ``flagged``, ``dcr_share``, ...).
     """
-    from fedcmr4d.release.audit import (
+    from fedcmr4d.audit.memorization import (
         SiteAuditResult,
         combine_site_results,
         prepare_synthetic,

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fedcmr4d.data.cohort import atomic_write_text
+from fedcmr4d.io import atomic_write_bytes, atomic_write_text
 
 FIXED_COLUMNS = (
     "stage",
@@ -94,6 +94,4 @@ def plot_metrics(path: Path, flats: Sequence[dict[str, Any]]) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90)
     plt.close(fig)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(buffer.getvalue())
-    tmp.replace(path)
+    atomic_write_bytes(path, buffer.getvalue())

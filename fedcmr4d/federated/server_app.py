@@ -53,7 +53,6 @@ from fedcmr4d.federated.state import (
     check_resumable,
     load_snapshot,
     save_snapshot,
-    write_json,
 )
 from fedcmr4d.federated.strategies import (
     WEIGHT_KEY,
@@ -62,6 +61,7 @@ from fedcmr4d.federated.strategies import (
     strategy_state,
 )
 from fedcmr4d.federated.validation import ValidationReport, validate_updates
+from fedcmr4d.io import atomic_write_json
 
 log = logging.getLogger("flwr.fedcmr4d")  # propagates to Flower's handler: `flwr log`
 Progress = Callable[[str], None]
@@ -287,7 +287,7 @@ class Coordinator:
     def run(self) -> ServerState:
         """Run (or continue) every stage; return the final state."""
         self.out.mkdir(parents=True, exist_ok=True)
-        write_json(self.out / "run_config.json", self.settings.to_run_config())
+        atomic_write_json(self.out / "run_config.json", self.settings.to_run_config())
         state, snapshot = self._start_state()
         autoencoder = snapshot.autoencoder if snapshot is not None else None
         for stage in self.stages:
@@ -399,7 +399,7 @@ class Coordinator:
                 stage1=stage1,
                 timeout=self.settings.round_timeout,
             )
-        write_json(self.out / f"{stage}-evaluation.json", evaluation)
+        atomic_write_json(self.out / f"{stage}-evaluation.json", evaluation)
         save_stage_checkpoint(self.out / stage, stage, self.cfg, arrays, state, evaluation)
         holdout = ", ".join(f"{k}={v:.4g}" for k, v in evaluation["mean"].items()) or "not run"
         self.progress(f"{stage}: done; holdout {holdout}; checkpoint {self.out / stage}")
@@ -442,7 +442,8 @@ def save_stage_checkpoint(
         "epsilon_max_site": max(epsilons) if epsilons else None,
     }
     if stage == "diffusion":
-        from fedcmr4d.train.checkpoint import WEIGHTS_FILE, sha256_file
+        from fedcmr4d.io import sha256_file
+        from fedcmr4d.train.checkpoint import WEIGHTS_FILE
         from fedcmr4d.train.models import stack_slices_of
         from fedcmr4d.train.trainer import load_frozen_autoencoder
 

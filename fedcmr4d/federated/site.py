@@ -207,7 +207,7 @@ def audit_site(
     """This site's share of the memorization audit: distances and counts only.
 
     The site represents its own train/holdout split of its cohort on the coordinator's grid and
-    runs :func:`fedcmr4d.release.audit.site_audit_from_reps`, the computation the local audit
+    runs :func:`fedcmr4d.audit.memorization.site_audit_from_reps`, the computation the local audit
     uses too.
 
     Args:
@@ -219,8 +219,8 @@ def audit_site(
     Returns:
         ``SiteAuditResult.to_dict()``: no image, no real subject id leaves the site.
     """
-    from fedcmr4d.release.audit import site_audit_from_reps
-    from fedcmr4d.release.features import AuditGrid, represent_cohort
+    from fedcmr4d.audit.features import AuditGrid, represent_cohort
+    from fedcmr4d.audit.memorization import site_audit_from_reps
 
     audit_grid = AuditGrid.from_dict(grid)
     train_ids, holdout_ids = site_subjects(site, cfg)

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from fedcmr4d.data.cohort import atomic_write_json, atomic_write_text
 from fedcmr4d.errors import ConfigError, InputError
+from fedcmr4d.io import atomic_write_text
 
 STATE_DIR = "server-state"
 LATEST = "LATEST"
@@ -127,8 +127,3 @@ def check_resumable(snapshot: Snapshot, run_config: dict[str, Any], config_yaml:
         raise ConfigError(f"resume: run config differs from the checkpointed run in {changed}")
     if snapshot.state.config_yaml != config_yaml:
         raise ConfigError("resume: the training config differs from the checkpointed run")
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Atomic JSON write (re-exported so the apps need one import)."""
-    atomic_write_json(path, payload)

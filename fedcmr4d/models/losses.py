@@ -8,14 +8,17 @@ and entropy losses live in :mod:`fedcmr4d.models.quantizer`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor, nn
 
 from fedcmr4d.errors import ConfigError
+from fedcmr4d.schedulers import diffusion_target
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +105,34 @@ def build_perceptual_loss(weight: float, weights_path: str | None) -> Perceptual
         )
         return None
     return PerceptualLoss(weights_path)
+
+
+def diffusion_loss(
+    unet: Callable[..., Tensor],
+    scheduler: DDPMScheduler,
+    clean: Tensor,
+    *,
+    huber_delta: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Huber loss of the UNet's prediction at uniformly random timesteps.
+
+    Args:
+        unet: denoiser ``unet(x=noisy, timesteps=t)``.
+        scheduler: training schedule.
+        clean: (N, C, h, w, t) scaled latent stacks.
+        huber_delta: Huber transition point (smooth L1 on v for delta = 1).
+        generator: optional generator for reproducible noise and timesteps (validation).
+    """
+    noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
+    timesteps = torch.randint(
+        0,
+        scheduler.num_train_timesteps,
+        (clean.shape[0],),
+        generator=generator,
+        device=clean.device,
+    )
+    noisy = scheduler.add_noise(clean, noise, timesteps)
+    prediction = unet(x=noisy, timesteps=timesteps)
+    target = diffusion_target(scheduler, clean, noise, timesteps)
+    return F.huber_loss(prediction.float(), target.float(), delta=huber_delta)

@@ -24,8 +24,8 @@ from typing import Any
 
 from opacus.accountants import IAccountant, create_accountant
 
-from fedcmr4d.data.cohort import atomic_write_json
 from fedcmr4d.errors import ConfigError, InputError
+from fedcmr4d.io import atomic_write_json
 
 PRIVACY_FILE = "privacy.json"
 STATE_VERSION = 1

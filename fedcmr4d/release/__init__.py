@@ -1,1 +1,1 @@
-"""release subpackage."""
+"""Release: export, manifest, Ed25519 signing and verification, datasheet."""

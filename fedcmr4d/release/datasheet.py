@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fedcmr4d.release.audit_report import format_p_value
+from fedcmr4d.audit.report import format_p_value
 
 _SUMMARY_KEYS = (
     ("checkpoint_sha256", "Checkpoint SHA-256"),

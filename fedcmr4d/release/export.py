@@ -26,21 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from fedcmr4d import __version__
-from fedcmr4d.data.cohort import (
-    COHORT_INDEX,
+from fedcmr4d.data.cohort import COHORT_INDEX
+from fedcmr4d.errors import AuditFailedError, ConfigError, InputError
+from fedcmr4d.io import (
     atomic_write_json,
     atomic_write_text,
     read_json_object,
-)
-from fedcmr4d.errors import AuditFailedError, ConfigError, InputError
-from fedcmr4d.release.datasheet import render_datasheet
-from fedcmr4d.release.manifest import (
-    MANIFEST_FILE,
-    SIGNATURE_FILE,
-    build_manifest,
     sha256_file,
     tree_hashes,
 )
+from fedcmr4d.release.datasheet import render_datasheet
+from fedcmr4d.release.manifest import MANIFEST_FILE, SIGNATURE_FILE, build_manifest
 from fedcmr4d.release.sign import fingerprint, load_private_key, sign_bytes
 
 COHORT_DIR = "cohort"

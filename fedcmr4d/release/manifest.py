@@ -8,56 +8,16 @@ recipient verifies are the bytes that were signed, whatever JSON library wrote t
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
-from fedcmr4d.errors import InputError
+from fedcmr4d.io import tree_hashes
 
 MANIFEST_FILE = "manifest.json"
 SIGNATURE_FILE = "manifest.sig"
 MANIFEST_FORMAT = "fedcmr4d-release-manifest"
 MANIFEST_VERSION = 1
-_CHUNK = 1 << 20
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def list_files(root: Path, exclude: frozenset[str] = frozenset()) -> list[str]:
-    """Every regular file under ``root`` as sorted POSIX relative paths.
-
-    Symbolic links and other special files are refused: a release or an audited cohort must be
-    plain files, or a hash could describe something other than what a reader opens.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder")
-    found = []
-    for path in root.rglob("*"):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            raise InputError(f"{path}: symbolic links are not allowed in a cohort or release")
-        if path.is_dir():
-            continue
-        if not path.is_file():
-            raise InputError(f"{path}: not a regular file")
-        if rel not in exclude:
-            found.append(rel)
-    return sorted(found)
-
-
-def tree_hashes(root: Path, exclude: frozenset[str] = frozenset()) -> dict[str, str]:
-    """``{relative POSIX path: SHA-256}`` of every file under ``root`` (sorted by path)."""
-    root = Path(root)
-    return {rel: sha256_file(root / rel) for rel in list_files(root, exclude)}
 
 
 def canonical_json(payload: Any) -> bytes:

@@ -18,13 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedcmr4d.errors import InputError, InvalidReleaseError
+from fedcmr4d.io import list_files, sha256_file
 from fedcmr4d.release.manifest import (
     MANIFEST_FILE,
     MANIFEST_FORMAT,
     MANIFEST_VERSION,
     SIGNATURE_FILE,
-    list_files,
-    sha256_file,
 )
 from fedcmr4d.release.sign import fingerprint, load_public_key, signature_valid
 

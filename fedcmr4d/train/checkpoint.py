@@ -7,10 +7,7 @@ the meta, is never taken for a finished checkpoint.
 
 from __future__ import annotations
 
-import hashlib
-import os
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,8 +18,14 @@ from torch import Tensor
 
 from fedcmr4d import __version__
 from fedcmr4d.config import Config, config_from_dict
-from fedcmr4d.data.cohort import atomic_write_json, atomic_write_text, read_json_object
 from fedcmr4d.errors import ConfigError, InputError
+from fedcmr4d.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    read_json_object,
+    sha256_file,
+)
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
@@ -46,14 +49,6 @@ class Checkpoint:
         return str(self.meta["stage"])
 
 
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def code_version() -> str:
     """Package version, plus the git commit when running from a checkout."""
     root = Path(__file__).resolve().parents[2]
@@ -73,15 +68,8 @@ def code_version() -> str:
 
 
 def _atomic_save_weights(path: Path, weights: dict[str, Tensor]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
-        save_file(tensors, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in weights.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp), mode=0o644)
 
 
 def save_checkpoint(
@@ -168,14 +156,7 @@ def load_checkpoint(checkpoint_dir: str | Path, *, verify: bool = True) -> Check
 def save_trainer_state(out_dir: str | Path, state: dict[str, Any]) -> None:
     """Optimizer states and step counter for ``--resume`` (torch pickle, atomic)."""
     path = Path(out_dir) / TRAINER_STATE_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_trainer_state(out_dir: str | Path) -> dict[str, Any] | None:

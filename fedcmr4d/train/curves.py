@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from fedcmr4d.data.cohort import atomic_write_text
+from fedcmr4d.io import atomic_write, atomic_write_text
 
 CURVES_CSV = "curves.csv"
 CURVES_PNG = "curves.png"
@@ -58,8 +58,6 @@ def plot_curves(out_dir: str | Path, rows: list[dict[str, float]], title: str) -
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(out_dir) / CURVES_PNG
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=90), mode=0o644)
     plt.close(fig)
-    tmp.replace(path)
     return path

@@ -20,13 +20,13 @@ import numpy as np
 from fedcmr4d.config import Config
 from fedcmr4d.data.cohort import open_cohort
 from fedcmr4d.errors import ConfigError, InputError
+from fedcmr4d.io import sha256_file
 from fedcmr4d.train.checkpoint import (
     WEIGHTS_FILE,
     load_checkpoint,
     load_trainer_state,
     save_checkpoint,
     save_trainer_state,
-    sha256_file,
 )
 from fedcmr4d.train.curves import plot_curves, read_curves, write_curves
 from fedcmr4d.train.trainer import StageTrainer

@@ -5,8 +5,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from fedcmr4d.config import Config
+from fedcmr4d.models.denoiser import build_unet
 from fedcmr4d.models.discriminator import GroupNormPatchDiscriminator
-from fedcmr4d.models.ldm import build_unet
 from fedcmr4d.models.vqvae import SpatioTemporalVQVAE
 
 
@@ -44,7 +44,15 @@ def stage2_channels(cfg: Config) -> int:
 
 
 def build_denoiser(cfg: Config) -> nn.Module:
-    return build_unet(cfg.diffusion, stage2_channels(cfg))
+    d = cfg.diffusion
+    return build_unet(
+        in_channels=stage2_channels(cfg),
+        channels=d.channels,
+        attention_levels=d.attention_levels,
+        num_res_blocks=d.num_res_blocks,
+        norm_num_groups=d.norm_num_groups,
+        num_head_channels=d.num_head_channels,
+    )
 
 
 def strip_prefixes(name: str) -> str:

@@ -31,14 +31,15 @@ from torch.utils.data import DataLoader, Dataset
 from fedcmr4d.config import Config, StageTrainConfig
 from fedcmr4d.data.datasets import LatentStackDataset, SliceDataset, cine_slices, load_cines
 from fedcmr4d.errors import ConfigError
-from fedcmr4d.models.ldm import build_train_scheduler, diffusion_loss
 from fedcmr4d.models.losses import (
     build_perceptual_loss,
+    diffusion_loss,
     discriminator_loss,
     generator_adversarial_loss,
     reconstruction_loss,
 )
 from fedcmr4d.models.vqvae import SpatioTemporalVQVAE
+from fedcmr4d.schedulers import build_train_scheduler
 from fedcmr4d.train.models import (
     build_autoencoder,
     build_denoiser,

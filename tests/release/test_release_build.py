@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
+from fedcmr4d.audit.memorization import run_audit
 from fedcmr4d.errors import AuditFailedError, ConfigError
-from fedcmr4d.release.audit import run_audit
 from fedcmr4d.release.export import build_release
 from fedcmr4d.release.manifest import MANIFEST_FILE, SIGNATURE_FILE, canonical_json
 from fedcmr4d.release.sign import PASSPHRASE_ENV, generate_keypair, load_private_key, sign_bytes

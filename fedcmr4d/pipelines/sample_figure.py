@@ -1,6 +1,6 @@
 """Look at synthetic cines: frame strips of a few subjects, and a crude beat amplitude.
 
-``python -m fedcmr4d.release.sample_figure --synthetic DIR [--real DIR] --out PNG`` draws, per
+``python -m fedcmr4d.pipelines.sample_figure --synthetic DIR [--real DIR] --out PNG`` draws, per
 subject, one row of frames of its mid-ventricular slice (real subjects first, labelled), and
 prints one JSON line with each subject's blood-pool area change over the cycle.
 
@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fedcmr4d.data.cohort import open_cohort
+from fedcmr4d.io import atomic_write
 
 
 def pool_area_change(cine: np.ndarray, threshold: float = 0.5) -> float:
@@ -69,11 +70,8 @@ def plot_frames(
                 ax.set_title(f"t={f}", fontsize=7)
         axes[r, 0].set_ylabel(f"{name}\nslice {z}, Δarea {change:.2f}", fontsize=6)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=110), mode=0o644)
     plt.close(fig)
-    tmp.replace(out_png)
     return {name: round(change, 3) for name, _, change in rows}
 
 

@@ -10,10 +10,7 @@ import numpy as np
 import pytest
 from scipy import signal
 
-from fedcmr4d.config import AuditConfig
-from fedcmr4d.data.cohort import open_cohort, write_cohort_index, write_subject
-from fedcmr4d.errors import AuditFailedError, InputError
-from fedcmr4d.release.audit import (
+from fedcmr4d.audit.memorization import (
     SiteAuditResult,
     SyntheticSet,
     combine_site_results,
@@ -21,7 +18,10 @@ from fedcmr4d.release.audit import (
     run_audit,
     site_audit,
 )
-from fedcmr4d.release.manifest import tree_hashes
+from fedcmr4d.config import AuditConfig
+from fedcmr4d.data.cohort import open_cohort, write_cohort_index, write_subject
+from fedcmr4d.errors import AuditFailedError, InputError
+from fedcmr4d.io import tree_hashes
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedcmr4d.audit.distance import coarse_embedding, nearest
+from fedcmr4d.audit.features import AuditGrid, represent_cohort
 from fedcmr4d.data.cohort import open_cohort
-from fedcmr4d.release.distance import coarse_embedding, nearest
-from fedcmr4d.release.features import AuditGrid, represent_cohort
 
 
 def _normalised(n: int, generator: torch.Generator) -> torch.Tensor:

@@ -20,20 +20,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import Tensor, nn
 
 from fedcmr4d.config import Config
 from fedcmr4d.data.cohort import Cohort, Subject, open_cohort, write_cohort_index, write_subject
 from fedcmr4d.errors import InputError
-from fedcmr4d.models.ldm import build_sample_scheduler, denoise, unstack_slices
+from fedcmr4d.io import sha256_file
+from fedcmr4d.models.denoiser import unstack_slices
 from fedcmr4d.models.vqvae import SpatioTemporalVQVAE
-from fedcmr4d.train.checkpoint import (
-    WEIGHTS_FILE,
-    Checkpoint,
-    code_version,
-    load_checkpoint,
-    sha256_file,
-)
+from fedcmr4d.schedulers import build_sample_scheduler
+from fedcmr4d.train.checkpoint import WEIGHTS_FILE, Checkpoint, code_version, load_checkpoint
 from fedcmr4d.train.models import build_denoiser, stack_slices_of, sub_weights
 from fedcmr4d.train.trainer import load_frozen_autoencoder, resolve_device
 
@@ -314,3 +311,45 @@ def sample_slicewise(
         slicewise=True,
         use_ema=use_ema,
     )
+
+
+@torch.no_grad()
+def denoise(
+    unet: Callable[..., Tensor],
+    scheduler: DDIMScheduler | DDPMScheduler,
+    shape: tuple[int, ...],
+    *,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    on_step: Callable[[int], None] | None = None,
+) -> Tensor:
+    """Run the reverse process from Gaussian noise of ``shape`` (N, C, h, w, t) to latents.
+
+    The noise is drawn on the CPU from ``generator`` so that a seed gives the same samples on
+    every device. ``on_step(i)`` is called after each timestep (progress bars).
+    """
+    sample = torch.randn(shape, generator=generator).to(device)
+    for i, t in enumerate(scheduler.timesteps):
+        timesteps = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        model_output = unet(x=sample, timesteps=timesteps)
+        if isinstance(scheduler, DDIMScheduler):
+            sample, _ = scheduler.step(model_output, int(t), sample, eta=0.0)
+        else:
+            sample, _ = _ddpm_step(scheduler, model_output, int(t), sample, generator)
+        if on_step is not None:
+            on_step(i)
+    return sample
+
+
+def _ddpm_step(
+    scheduler: DDPMScheduler,
+    model_output: Tensor,
+    t: int,
+    sample: Tensor,
+    generator: torch.Generator,
+) -> tuple[Tensor, Tensor]:
+    """One DDPM step with the variance noise drawn on the CPU (device-independent seeds)."""
+    if sample.device.type == "cpu":
+        return scheduler.step(model_output, t, sample, generator=generator)
+    cpu_prev, cpu_x0 = scheduler.step(model_output.cpu(), t, sample.cpu(), generator=generator)
+    return cpu_prev.to(sample.device), cpu_x0.to(sample.device)

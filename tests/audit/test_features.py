@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedcmr4d.audit.features import AuditGrid, represent_cine, represent_subject
 from fedcmr4d.data.phantom import make_phantom_subject
 from fedcmr4d.errors import ConfigError
-from fedcmr4d.release.features import AuditGrid, represent_cine, represent_subject
 
 GRID = AuditGrid(fov_mm=32.0, grid=16, slices=4, frames=8, lowpass_sigma=0.7, max_shift=2)
 

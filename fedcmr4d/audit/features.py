@@ -48,7 +48,7 @@ class AuditGrid:
         lowpass_sigma: Gaussian low-pass in grid pixels (0 disables it).
         max_shift: in-plane shift searched, in voxels of the original 1 mm grid.
         candidates: references per query scored exactly after a coarse shift-invariant
-            pre-selection (0: score every pair; see :mod:`fedcmr4d.release.distance`).
+            pre-selection (0: score every pair; see :mod:`fedcmr4d.audit.distance`).
     """
 
     fov_mm: float = 64.0

@@ -1,7 +1,7 @@
 """Shift-invariant normalised cross-correlation between audit representations.
 
 Two representations ``a`` and ``b`` of shape (S, G, G, T) (zero mean, unit norm; see
-:mod:`fedcmr4d.release.features`) are compared as
+:mod:`fedcmr4d.audit.features`) are compared as
 
     ncc(a, b) = max over dx, dy in [-k, k] and every cyclic frame shift tau of
                 sum a(z, x, y, t) * b(z, x + dx, y + dy, t + tau)

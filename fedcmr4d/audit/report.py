@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcmr4d.data.cohort import atomic_write_text
+from fedcmr4d.io import atomic_write_text
 
 
 def format_p_value(value: float | None) -> str:

@@ -10,8 +10,9 @@ import pytest
 from fedcmr4d.config import Config, load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.errors import InputError
-from fedcmr4d.release.sample import sample_cohort, sample_slicewise
-from fedcmr4d.train.checkpoint import save_checkpoint, sha256_file
+from fedcmr4d.io import sha256_file
+from fedcmr4d.pipelines.generation import sample_cohort, sample_slicewise
+from fedcmr4d.train.checkpoint import save_checkpoint
 from fedcmr4d.train.trainer import StageTrainer
 
 
@@ -87,7 +88,7 @@ def test_replaced_autoencoder_is_refused(tmp_path: Path, checkpoints: dict[str, 
 
 
 def test_pool_area_change_sees_a_beat_and_not_a_still_image() -> None:
-    from fedcmr4d.release.sample_figure import pool_area_change
+    from fedcmr4d.pipelines.sample_figure import pool_area_change
 
     yy, xx = np.mgrid[:32, :32]
     radius = 6 - 3 * np.sin(np.linspace(0, np.pi, 16))  # contracts to half and back
@@ -98,7 +99,7 @@ def test_pool_area_change_sees_a_beat_and_not_a_still_image() -> None:
 
 
 def test_frame_figure(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
-    from fedcmr4d.release.sample_figure import main
+    from fedcmr4d.pipelines.sample_figure import main
 
     sample_cohort(checkpoints["one_pass"], 2, tmp_path / "s", seed=0)
     out = tmp_path / "fig.png"

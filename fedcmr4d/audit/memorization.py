@@ -1,9 +1,9 @@
 """Memorization audit: nearest-neighbour distances, calibrated threshold, DCR share, audit.json.
 
 Method (``shift_invariant_ncc``): every cine is mapped onto a small common grid
-(:mod:`fedcmr4d.release.features`) and two subjects are compared by ``1 - max NCC`` over every
+(:mod:`fedcmr4d.audit.features`) and two subjects are compared by ``1 - max NCC`` over every
 cyclic shift of the cardiac phase and in-plane shifts up to ``audit.max_shift`` voxels
-(:mod:`fedcmr4d.release.distance`). A copy of a training subject stays near 0 through noise,
+(:mod:`fedcmr4d.audit.distance`). A copy of a training subject stays near 0 through noise,
 small translations, gamma changes and a rolled cycle; different subjects are far apart.
 
 Federated shape (DESIGN.md, privacy model): each site runs :func:`site_audit` on its own train
@@ -49,12 +49,12 @@ import scipy.stats
 import torch
 
 from fedcmr4d import __version__
+from fedcmr4d.audit.distance import nearest
+from fedcmr4d.audit.features import AuditGrid, represent_cohort
 from fedcmr4d.config import AuditConfig
-from fedcmr4d.data.cohort import CINE_FILE, atomic_write_json, open_cohort
+from fedcmr4d.data.cohort import CINE_FILE, open_cohort
 from fedcmr4d.errors import AuditFailedError, InputError
-from fedcmr4d.release.distance import nearest
-from fedcmr4d.release.features import AuditGrid, represent_cohort
-from fedcmr4d.release.manifest import tree_hashes
+from fedcmr4d.io import atomic_write_json, tree_hashes
 
 METHOD_NAME = "shift_invariant_ncc"
 
@@ -232,7 +232,7 @@ def site_audit_from_reps(
     """The site computation on representations already made with ``grid``.
 
     For sites whose train/holdout split lives inside one cohort (the federated client):
-    represent the split with :func:`fedcmr4d.release.features.represent_cohort` (``subject_ids``)
+    represent the split with :func:`fedcmr4d.audit.features.represent_cohort` (``subject_ids``)
     and call this; the search settings (shift, candidates) come from ``grid``.
 
     Args:
@@ -418,7 +418,7 @@ def write_audit(audit: dict[str, Any], out: str | Path, *, report: bool = True) 
     out = Path(out)
     atomic_write_json(out, audit)
     if report:
-        from fedcmr4d.release.audit_report import write_report
+        from fedcmr4d.audit.report import write_report
 
         write_report(audit, out.with_name(out.stem + ".html"))
     return out

@@ -1,4 +1,4 @@
-"""Latent diffusion helpers: stacking, UNet shapes, schedulers, loss, seeded sampling."""
+"""Stage 2 pieces: slice stacking, denoiser shapes, schedulers, loss, seeded sampling."""
 
 from __future__ import annotations
 
@@ -6,15 +6,24 @@ import pytest
 import torch
 
 from fedcmr4d.config import DiffusionConfig
-from fedcmr4d.models.ldm import (
-    build_sample_scheduler,
-    build_train_scheduler,
-    build_unet,
-    denoise,
-    diffusion_loss,
-    stack_slices,
-    unstack_slices,
-)
+from fedcmr4d.models.denoiser import build_unet as build_unet_from_args
+from fedcmr4d.models.denoiser import stack_slices, unstack_slices
+from fedcmr4d.models.losses import diffusion_loss
+from fedcmr4d.pipelines.generation import denoise
+from fedcmr4d.schedulers import build_sample_scheduler, build_train_scheduler
+
+
+def build_unet(cfg: DiffusionConfig, in_channels: int):  # noqa: ANN201
+    """The denoiser from a diffusion config's fields, as train.models builds it."""
+    return build_unet_from_args(
+        in_channels=in_channels,
+        channels=cfg.channels,
+        attention_levels=cfg.attention_levels,
+        num_res_blocks=cfg.num_res_blocks,
+        norm_num_groups=cfg.norm_num_groups,
+        num_head_channels=cfg.num_head_channels,
+    )
+
 
 TINY = DiffusionConfig(
     channels=[8, 16],

@@ -1,0 +1,1 @@
+"""The memorization audit: representations, distances, calibration, membership inference, report."""

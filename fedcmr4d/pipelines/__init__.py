@@ -1,0 +1,1 @@
+"""Generation: one-pass latent sampling, depthwise decoding, synthetic cohort writing."""
