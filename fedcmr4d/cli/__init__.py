@@ -50,7 +50,7 @@ def _root(
 
 
 def _register() -> None:
-    from fedcmr4d.cli import data, demo, evaluate, release, train  # noqa: F401
+    from fedcmr4d.cli import data, demo, evaluate, federation, release, train  # noqa: F401
 
 
 def main() -> None:

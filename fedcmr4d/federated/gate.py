@@ -154,9 +154,7 @@ class FleetGate:
                 {
                     "type": "http.response.start",
                     "status": response.status_code,
-                    "headers": [
-                        (k, v) for k, v in response.headers.raw if k.lower() not in _HOP
-                    ],
+                    "headers": [(k, v) for k, v in response.headers.raw if k.lower() not in _HOP],
                 }
             )
             async for chunk in response.aiter_raw():
@@ -172,7 +170,10 @@ async def _plain(send: Send, status: int, text: str) -> None:
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(data)).encode())],
+            "headers": [
+                (b"content-type", b"text/plain"),
+                (b"content-length", str(len(data)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": data})
@@ -196,12 +197,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     host, port = _host_port(args.listen, "--listen")
     up_host, _ = _host_port(args.upstream, "--upstream")
     if up_host not in ("127.0.0.1", "::1", "localhost"):
-        raise SystemExit(f"error: gate: --upstream {args.upstream}: the SuperLink must be on loopback")
+        raise SystemExit(
+            f"error: gate: --upstream {args.upstream}: the SuperLink must be on loopback"
+        )
     certs = Path(args.certs)
     for name in ("ca.crt", "server.pem", "server.key"):
         if not (certs / name).is_file():
             raise SystemExit(f"error: gate: {certs / name} is missing (run server/make-certs.sh)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fedcmr4d-gate %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     log.info("gate on %s: forwarding the Fleet API only to %s", args.listen, args.upstream)
     uvicorn.run(
         FleetGate(args.upstream, str(certs / "ca.crt")),

@@ -37,11 +37,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from fedcmr4d.errors import ConfigError, InputError
 
@@ -279,6 +280,7 @@ def run_pinned_superexec(argv: Sequence[str]) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s fedcmr4d-pinning %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
     if not argv or argv[0] not in ("superexec", "clientapp"):
         sys.exit("usage: python -m fedcmr4d.federated.pinning {superexec|clientapp} ...")
     try:
