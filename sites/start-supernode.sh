@@ -13,6 +13,8 @@
 # Without that runner, no ClientApp runs at all. The two talk over the SuperNode's runtime API on
 # 127.0.0.1:runtime-port, authenticated with a fresh random secret per start. Runtime
 # installation of app dependencies stays disabled: install fedcmr4d here yourself.
+# REJOIN_WAIT (seconds, default 120): how long a SuperNode that fails at start is retried, so a
+# restart after a crash rejoins once the SuperLink has marked the old session offline.
 set -euo pipefail
 site_file=${1:?usage: sites/start-supernode.sh SITE.toml [--insecure]}
 [[ -f "$site_file" ]] || { echo "error: $site_file: no such site file" >&2; exit 2; }
@@ -54,14 +56,34 @@ stop() { trap - EXIT INT TERM; kill "${pids[@]}" 2>/dev/null || true; wait || tr
 trap stop EXIT
 trap 'exit 143' INT TERM
 head -c 32 /dev/urandom > "$secret"
-flower-supernode "${args[@]}" --isolation process --superexec-auth-secret-file "$secret" &
-pids+=($!)
 python -m fedcmr4d.federated.pinning superexec --site-file "$site_file" \
   --runtime-api-address "127.0.0.1:$runtime_port" --superexec-auth-secret-file "$secret" \
-  --parent-pid "${pids[0]}" &
-pids+=($!)
+  --parent-pid $$ &
+runner=$!
+pids+=("$runner")
+# Rejoining after a crash: the SuperLink keeps a SuperNode that vanished "online" until two
+# missed heartbeats (up to 60 s) and refuses to activate it again before that ("Failed to
+# activate SuperNode"). So a SuperNode that fails within its first 30 s is started again every
+# 5 s, for up to REJOIN_WAIT seconds (default 120) after this script started.
+REJOIN_WAIT=${REJOIN_WAIT:-120}
 set +e
-wait -n "${pids[@]}"
-rc=$?
-echo "start-supernode.sh: a component exited (status $rc); stopping the other" >&2
-exit "$rc"
+while :; do
+  started=$SECONDS
+  flower-supernode "${args[@]}" --isolation process --superexec-auth-secret-file "$secret" &
+  node=$!
+  pids+=("$node")
+  wait -n -p done_pid "$node" "$runner"
+  rc=$?
+  if [[ "$done_pid" == "$runner" ]]; then
+    echo "start-supernode.sh: the ClientApp runner exited (status $rc); stopping" >&2
+    exit "$rc"
+  fi
+  if (( rc != 0 && SECONDS - started < 30 && SECONDS < REJOIN_WAIT )); then
+    echo "start-supernode.sh: SuperNode exited (status $rc) at start; retrying in 5 s" \
+      "(an earlier session may still count as online at the SuperLink)" >&2
+    sleep 5
+    continue
+  fi
+  echo "start-supernode.sh: SuperNode exited (status $rc); stopping" >&2
+  exit "$rc"
+done
