@@ -320,7 +320,7 @@ def test_gate_pinned_apps_and_a_site_killed_mid_round(
             _wait_for(lambda: "installing it" in dep.procs.log("site-b"), 120, "site-b's task")
             dep.procs.kill("site-b")
             dep.start_site("site-b")
-            _wait_for(lambda: (out / "autoencoder" / "meta.json").is_file(), 200, "round 2")
+            _wait_for(lambda: (out / "autoencoder" / "meta.json").is_file(), 280, "round 2")
         finally:
             runner.kill()
             output = runner.communicate(timeout=10)[0]
