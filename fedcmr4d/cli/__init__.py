@@ -50,7 +50,16 @@ def _root(
 
 
 def _register() -> None:
-    from fedcmr4d.cli import audit, data, demo, evaluate, release, sample, train  # noqa: F401
+    from fedcmr4d.cli import (  # noqa: F401
+        audit,
+        data,
+        demo,
+        evaluate,
+        federation,
+        release,
+        sample,
+        train,
+    )
 
 
 def main() -> None:

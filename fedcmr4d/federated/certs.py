@@ -9,8 +9,15 @@ Run as ``python -m fedcmr4d.federated.certs --out DIR --host superlink.example.o
                                       goes to that site only, the .pub is registered at the
                                       SuperLink (``flwr supernode register``)
 
-Private keys are written with mode 0600. Existing files are never overwritten, so re-running
-with a new ``--site`` adds that site's keys and leaves the CA alone.
+Private keys are created 0600 from the start (``mkstemp``, ``O_EXCL``; see :func:`_write`).
+Nothing is overwritten silently: re-running keeps the CA, the server certificate and existing
+site keys (and says so), adds keys for new ``--site`` names, and replaces the server certificate
+only with ``--renew-server-cert`` (printing which files it replaced). Half a pair (a ``.key``
+without its ``.crt``/``.pub`` or the reverse) is an error, never completed by overwriting.
+
+The server certificate always also names ``127.0.0.1`` and ``localhost``: the SuperLink listens
+on loopback behind the gate (:mod:`fedcmr4d.federated.gate`), and the gate and the coordinator's
+own ``flwr`` commands verify it there.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import argparse
 import datetime as dt
 import ipaddress
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,13 +40,38 @@ from fedcmr4d.errors import ConfigError, InputError
 VALID_DAYS = 365
 
 
-def _write(path: Path, data: bytes, private: bool = False) -> None:
+def _write(path: Path, data: bytes, private: bool = False, replace: bool = False) -> None:
+    """Write ``data`` to ``path``: private files are 0600 from their first byte.
+
+    The data goes to a fresh temporary file in the same folder (``mkstemp``: ``O_EXCL``, mode
+    0600 whatever the umask), whose mode is then set explicitly (0600 private, 0644 public),
+    flushed, and linked to ``path`` with ``os.link``, which fails if ``path`` exists: nothing is
+    ever overwritten unless ``replace`` is given (then ``os.replace``, atomically). The temporary
+    file is removed whatever happens, so a failure leaves neither a partial nor a readable key.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+    if path.exists() and not replace:
+        raise InputError(f"{path}: exists; refusing to overwrite it")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        os.fchmod(fd, 0o600 if private else 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            fd = -1
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise InputError(f"{path}: exists; refusing to overwrite it") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        tmp.unlink(missing_ok=True)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -71,6 +104,7 @@ def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
 def make_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """Load ``ca.crt``/``ca.key`` from ``out`` or create them."""
     crt_path, key_path = out / "ca.crt", out / "ca.key"
+    _whole_pair(crt_path, key_path)
     if crt_path.exists() and key_path.exists():
         try:
             cert = x509.load_pem_x509_certificate(crt_path.read_bytes())
@@ -112,12 +146,35 @@ def make_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     return cert, key
 
 
+def _whole_pair(first: Path, second: Path) -> None:
+    if first.exists() != second.exists():
+        have, missing = (first, second) if first.exists() else (second, first)
+        raise InputError(
+            f"{have} exists but {missing} does not: refusing to create a new pair over half of "
+            "an old one (move the leftover away, or restore its partner)"
+        )
+
+
 def make_server_cert(
-    out: Path, hosts: Sequence[str], ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey
-) -> Path:
-    """``server.pem``/``server.key`` signed by the CA, valid for every name/IP in ``hosts``."""
+    out: Path,
+    hosts: Sequence[str],
+    ca: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    renew: bool = False,
+) -> list[Path]:
+    """``server.pem``/``server.key`` signed by the CA, valid for ``hosts`` and loopback.
+
+    Returns the files replaced (empty unless ``renew``); without ``renew`` an existing
+    certificate is kept as it is.
+    """
     if not hosts:
         raise ConfigError("certs: give at least one --host (the SuperLink's name or IP)")
+    pem, key_path = out / "server.pem", out / "server.key"
+    _whole_pair(pem, key_path)
+    existing = [p for p in (key_path, pem) if p.exists()]
+    if existing and not renew:
+        return []
+    hosts = list(dict.fromkeys([*hosts, "127.0.0.1", "localhost"]))
     key = ec.generate_private_key(ec.SECP384R1())
     now = dt.datetime.now(dt.timezone.utc)
     cert = (
@@ -133,9 +190,9 @@ def make_server_cert(
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write(out / "server.key", _pem_key(key), private=True)
-    _write(out / "server.pem", cert.public_bytes(serialization.Encoding.PEM))
-    return out / "server.pem"
+    _write(key_path, _pem_key(key), private=True, replace=renew)
+    _write(pem, cert.public_bytes(serialization.Encoding.PEM), replace=renew)
+    return existing
 
 
 def make_supernode_keys(out: Path, site: str) -> tuple[Path, Path]:
@@ -143,6 +200,7 @@ def make_supernode_keys(out: Path, site: str) -> tuple[Path, Path]:
     if not site or not all(c.isalnum() or c in "-_." for c in site):
         raise ConfigError(f"certs: site name {site!r}: use letters, digits, '-', '_' or '.'")
     private, public = out / "supernodes" / f"{site}.key", out / "supernodes" / f"{site}.pub"
+    _whole_pair(private, public)
     if private.exists() and public.exists():
         return private, public
     key = ec.generate_private_key(ec.SECP384R1())
@@ -162,11 +220,13 @@ def make_supernode_keys(out: Path, site: str) -> tuple[Path, Path]:
     return private, public
 
 
-def make_all(out: str | Path, hosts: Sequence[str], sites: Sequence[str]) -> Path:
-    """CA (kept if present), a fresh server certificate, and keys for each site."""
+def make_all(
+    out: str | Path, hosts: Sequence[str], sites: Sequence[str], renew_server: bool = False
+) -> Path:
+    """CA, server certificate and site keys: each kept if present, created if not."""
     root = Path(out)
     ca, ca_key = make_ca(root)
-    make_server_cert(root, hosts, ca, ca_key)
+    make_server_cert(root, hosts, ca, ca_key, renew=renew_server)
     for site in sites:
         make_supernode_keys(root, site)
     return root
@@ -177,9 +237,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="folder for the key material")
     parser.add_argument("--host", action="append", default=[], help="SuperLink DNS name or IP")
     parser.add_argument("--site", action="append", default=[], help="SuperNode (site) name")
+    parser.add_argument(
+        "--renew-server-cert",
+        action="store_true",
+        help="replace an existing server.pem/server.key (the CA and site keys are never replaced)",
+    )
     args = parser.parse_args(argv)
-    root = make_all(args.out, args.host or ["127.0.0.1", "localhost"], args.site)
-    print(f"wrote CA, server certificate and {len(args.site)} SuperNode key pair(s) to {root}")
+    root = Path(args.out)
+    hosts = args.host or ["127.0.0.1", "localhost"]
+    before = {p for p in root.rglob("*") if p.is_file()} if root.is_dir() else set()
+    ca, ca_key = make_ca(root)
+    replaced = make_server_cert(root, hosts, ca, ca_key, renew=args.renew_server_cert)
+    for site in args.site:
+        make_supernode_keys(root, site)
+    after = {p for p in root.rglob("*") if p.is_file()}
+    for path in sorted(after - before):
+        print(f"created  {path}")
+    for path in replaced:
+        print(f"REPLACED {path} (--renew-server-cert)")
+    for path in sorted(before - set(replaced)):
+        print(f"kept     {path}")
 
 
 if __name__ == "__main__":
