@@ -24,6 +24,7 @@ from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, rec
 from fedcmr4d.config import Config, load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.privacy.site import SitePrivacy
+from fedcmr4d.stages import Stage
 from fedcmr4d.train.trainer import StageTrainer
 
 
@@ -34,19 +35,18 @@ def _seconds_per_step(trainer: StageTrainer, steps: int) -> tuple[float, float]:
         t0 = time.perf_counter()
         trainer.train_step()
         times.append(time.perf_counter() - t0)
-        engines = getattr(trainer.privacy, "engines", {})
-        engine = engines.get(trainer.stage)
+        engine = trainer.engine
         sizes.append(engine.last_batch_size if engine else trainer.train_cfg.batch_size)
     return statistics.mean(times), statistics.mean(sizes)
 
 
 def _trainer(
-    stage: str, cfg: Config, cohort: Path, ae_weights: dict | None, dp: bool
+    stage: Stage, cfg: Config, cohort: Path, ae_weights: dict | None, dp: bool
 ) -> StageTrainer:
     n_subjects = sum(1 for p in cohort.iterdir() if p.is_dir())
     privacy = SitePrivacy.open(cfg, n_subjects, seed=0) if dp else None
     return StageTrainer(
-        stage,  # type: ignore[arg-type]
+        stage,
         cfg,
         cohort,
         autoencoder_weights=ae_weights,
@@ -81,11 +81,11 @@ def main() -> None:
             cohort, 3 * batch, seed=0, image_size=d.image_size, slices=d.slices, frames=d.frames
         )
         ae_weights = StageTrainer("autoencoder", cfg_plain, cohort).get_weights()
-        for stage in ("autoencoder", "diffusion"):
-            weights = ae_weights if stage == "diffusion" else None
+        for stage in Stage:
+            weights = ae_weights if stage is Stage.DIFFUSION else None
             plain, _ = _seconds_per_step(_trainer(stage, cfg_plain, cohort, weights, False), steps)
             dp_s, mean_b = _seconds_per_step(_trainer(stage, cfg_dp, cohort, weights, True), steps)
-            k = getattr(cfg_plain.train, stage).slices_per_subject
+            k = cfg_plain.train.stage(stage).slices_per_subject
             rows.append(
                 {
                     "benchmark": "dp_step",

@@ -29,7 +29,6 @@ fastest variant. A variant that fails (e.g. out of GPU memory) is reported with 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import subprocess
@@ -45,10 +44,12 @@ from torch import nn
 from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from fedcmr4d.config import Config, load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
+from fedcmr4d.stages import Stage
+from fedcmr4d.stages.base import Runtime
 from fedcmr4d.train.models import build_autoencoder
-from fedcmr4d.train.trainer import StageTrainer
+from fedcmr4d.train.trainer import StageTrainer, resolve_device
 
-STAGES = ("autoencoder", "diffusion")
+STAGES = tuple(Stage)
 VARIANTS = {
     "plain": (False, False, False),
     "channels_last": (True, False, False),
@@ -64,39 +65,30 @@ CPU_VARIANTS = ("plain", "channels_last", "bf16", "cl_bf16", "compile")
 QUICK_VARIANTS = ("plain", "bf16")
 
 
-class VariantTrainer(StageTrainer):
+def variant_trainer(
+    stage: Stage,
+    cfg: Config,
+    cohort: Path,
+    *,
+    autoencoder_weights: dict[str, torch.Tensor] | None,
+    channels_last: bool,
+    bf16: bool,
+    compile_models: bool,
+) -> StageTrainer:
     """The site's trainer with the CPU/GPU tuning switches set explicitly.
 
     :class:`StageTrainer` enables channels-last and bf16 only on CUDA (following the config);
-    here each switch is forced on or off so that the same step is timed both ways on any device.
+    here each switch is forced on or off (an explicit :class:`Runtime`) so that the same step is
+    timed both ways on any device.
     """
-
-    def __init__(
-        self, *args: Any, channels_last: bool, bf16: bool, compile_models: bool, **kwargs: Any
-    ) -> None:
-        self.use_channels_last = channels_last
-        self.use_bf16 = bf16
-        super().__init__(*args, **kwargs)
-        if compile_models:
-            for name, model in list(self.models.items()):
-                self.models[name] = torch.compile(model)  # type: ignore[assignment]
-
-    def build_models(self) -> None:
-        super().build_models()
-        for model in self.models.values():
-            fmt = torch.channels_last_3d if self.use_channels_last else torch.contiguous_format
-            model.to(memory_format=fmt)  # type: ignore[call-overload]
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.use_bf16:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, non_blocking=True)
-        if self.use_channels_last:
-            return x.contiguous(memory_format=torch.channels_last_3d)
-        return x.contiguous()
+    runtime = Runtime(resolve_device(cfg.train.device), channels_last=channels_last, bf16=bf16)
+    trainer = StageTrainer(
+        stage, cfg, cohort, autoencoder_weights=autoencoder_weights, runtime=runtime
+    )
+    if compile_models:
+        for name, model in list(trainer.models.items()):
+            trainer.models[name] = torch.compile(model)  # type: ignore[assignment]
+    return trainer
 
 
 def bench_config(name: str, overrides: list[str]) -> Config:
@@ -118,8 +110,8 @@ def run_variant(
     if stage == "diffusion":
         torch.manual_seed(cfg.seed)
         ae_weights = {f"autoencoder.{k}": v for k, v in build_autoencoder(cfg).state_dict().items()}
-    trainer = VariantTrainer(
-        stage,  # type: ignore[arg-type]
+    trainer = variant_trainer(
+        Stage.parse(stage),
         cfg,
         cohort,
         autoencoder_weights=ae_weights,

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from fedcmr4d.errors import ConfigError
+from fedcmr4d.stages import Stage
 
 PACKAGED_CONFIGS = Path(__file__).parent / "configs"
 
@@ -30,8 +31,6 @@ class DataConfig(_Strict):
     image_size: int = Field(384, ge=16, description="in-plane crop/pad size (pixels = mm)")
     frames: int = Field(32, ge=4, description="frames per cardiac cycle after resampling")
     slices: int = Field(6, ge=1, description="slices per subject stack fed to stage 2")
-    pixel_spacing_mm: float = Field(1.0, gt=0)
-    slice_spacing_mm: float = Field(10.0, gt=0)
     holdout_fraction: float = Field(0.2, ge=0.0, lt=1.0)
 
     @model_validator(mode="after")
@@ -62,6 +61,13 @@ class AutoencoderConfig(_Strict):
     discriminator_layers: int = Field(3, ge=1)
     adversarial_loss: Literal["least_squares", "hinge"] = "least_squares"
     temporal_downsample: Literal[2, 4] = Field(4, description="4: T/4 latents (seed); 2: T/2")
+
+    def adversarial_active(self, step: int) -> bool:
+        """Whether the adversarial loss (and the discriminator's step) is on at ``step``.
+
+        The one place of this rule: the stage-1 step and the DP plan both ask it.
+        """
+        return self.adversarial_weight > 0 and step >= self.adversarial_start_step
 
 
 class DiffusionConfig(_Strict):
@@ -115,6 +121,10 @@ class TrainConfig(_Strict):
     channels_last: bool = True
     num_workers: int = Field(0, ge=0)
 
+    def stage(self, stage: Stage) -> StageTrainConfig:
+        """The optimisation settings of ``stage`` (``train.autoencoder`` or ``train.diffusion``)."""
+        return self.autoencoder if Stage.parse(stage) is Stage.AUTOENCODER else self.diffusion
+
 
 class PrivacyConfig(_Strict):
     """DP-SGD per site; the subject is the privacy unit (DESIGN.md, Privacy model)."""
@@ -125,7 +135,11 @@ class PrivacyConfig(_Strict):
     noise_multiplier: float | None = Field(1.0, ge=0, description="null: derive from budget")
     max_grad_norm: float = Field(1.0, gt=0)
     accountant: Literal["rdp", "prv", "gdp"] = "rdp"
-    grad_sample_mode: Literal["hooks", "functorch", "ghost"] = "functorch"
+    grad_sample_mode: Literal["functorch"] = Field(
+        "functorch",
+        description="per-subject gradients by torch.func.vmap; Opacus's per-row hooks/ghost "
+        "modes do not bound a subject whose loss couples its rows (docs/privacy.md)",
+    )
     optimizer: Literal["train", "sgd"] = Field(
         "train", description="under DP: the train section's AdamW, or SGD with momentum"
     )
@@ -157,6 +171,18 @@ class FederationConfig(_Strict):
     )
     central_dp_noise_multiplier: float = Field(0.1, ge=0)
     central_dp_clipping_norm: float = Field(1.0, gt=0, description="fixed / initial clip norm")
+
+    def rounds(self, stage: Stage) -> int:
+        """Planned rounds of ``stage`` (``rounds_autoencoder`` / ``rounds_diffusion``)."""
+        if Stage.parse(stage) is Stage.AUTOENCODER:
+            return self.rounds_autoencoder
+        return self.rounds_diffusion
+
+    def local_steps(self, stage: Stage) -> int | None:
+        """``local_steps_<stage>``: local steps per round, or None for ``train.<stage>.steps``."""
+        if Stage.parse(stage) is Stage.AUTOENCODER:
+            return self.local_steps_autoencoder
+        return self.local_steps_diffusion
 
 
 class AuditConfig(_Strict):
@@ -211,16 +237,18 @@ class Config(_Strict):
     audit: AuditConfig = Field(default_factory=AuditConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
-    def round_steps(self, stage: str) -> int:
+    def round_steps(self, stage: Stage | str) -> int:
         """Local steps a site takes in one federated round of ``stage``.
 
         ``federation.local_steps_<stage>`` when set, else ``train.<stage>.steps`` (the local
         run's total): set it when ``train`` describes a long single-site run, as in ``paper``.
+
+        Raises:
+            ValueError: ``stage`` is not a training stage.
         """
-        if stage not in ("autoencoder", "diffusion"):
-            raise ValueError(f"stage must be 'autoencoder' or 'diffusion', got {stage!r}")
-        per_round = getattr(self.federation, f"local_steps_{stage}")
-        return int(per_round) if per_round is not None else int(getattr(self.train, stage).steps)
+        name = Stage.parse(stage)
+        per_round = self.federation.local_steps(name)
+        return per_round if per_round is not None else self.train.stage(name).steps
 
     def to_yaml(self) -> str:
         """The resolved config, as saved next to every checkpoint."""

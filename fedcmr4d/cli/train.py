@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from fedcmr4d.cli import app
 from fedcmr4d.config import Config, load_config
+
+if TYPE_CHECKING:
+    from fedcmr4d.privacy.site import SitePrivacy
 
 train_app = typer.Typer(
     help="Train one stage on one site's cohort (the same code a federated site runs).",
@@ -26,8 +30,8 @@ _QUIET = typer.Option(False, "--quiet", help="No progress bar.")
 
 def _privacy_for(
     cfg: Config, out: Path, data: Path, stage: str, autoencoder: Path | None = None
-) -> object | None:
-    """The privacy hook for local DP training, when the config enables DP."""
+) -> SitePrivacy | None:
+    """The site's privacy side for local DP training, when the config enables DP."""
     from fedcmr4d.privacy.local import local_site_privacy
 
     return local_site_privacy(cfg, data, out, stage, autoencoder_dir=autoencoder)

@@ -14,6 +14,7 @@ from fedcmr4d.config import Config
 from fedcmr4d.data.cohort import open_cohort
 from fedcmr4d.privacy.accounting import PRIVACY_FILE
 from fedcmr4d.privacy.site import SitePrivacy
+from fedcmr4d.stages import Stage
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ def local_site_privacy(
     cfg: Config,
     data_dir: str | Path,
     out_dir: str | Path,
-    stage: str,
+    stage: Stage | str,
     *,
     autoencoder_dir: str | Path | None = None,
 ) -> SitePrivacy | None:
@@ -34,7 +35,7 @@ def local_site_privacy(
     ids = open_cohort(data_dir).subject_ids
     train_ids, _ = split_subjects(ids, cfg.data.holdout_fraction, cfg.seed)
     initial = None
-    if stage == "diffusion" and autoencoder_dir is not None:
+    if Stage.parse(stage) is Stage.DIFFUSION and autoencoder_dir is not None:
         initial = Path(autoencoder_dir) / PRIVACY_FILE
         if not initial.is_file():
             log.warning(
@@ -49,5 +50,5 @@ def local_site_privacy(
         state_path=Path(out_dir) / PRIVACY_FILE,
         site=str(out_dir),
         initial_state=initial,
-        local_total_steps=getattr(cfg.train, stage).steps,
+        local_total_steps=cfg.train.stage(Stage.parse(stage)).steps,
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from fedcmr4d.config import Config
 from fedcmr4d.errors import ConfigError
@@ -23,17 +24,12 @@ from fedcmr4d.privacy.accounting import PRIVACY_FILE, Segment, SiteAccountant, d
 from fedcmr4d.privacy.budget import check_budget, derive_noise_multiplier
 from fedcmr4d.privacy.engine import SubjectDP
 from fedcmr4d.privacy.guards import check_dp_model
-from fedcmr4d.privacy.steps import (
-    autoencoder_step,
-    check_trainer_supported,
-    diffusion_step,
-    use_sgd,
-)
+from fedcmr4d.stages import Stage
 
 if TYPE_CHECKING:
-    from fedcmr4d.train.trainer import StageTrainer
+    from fedcmr4d.privacy.protocol import Privacy
 
-STAGES = ("autoencoder", "diffusion")
+STAGES = tuple(Stage)
 RELEASABLE_UNDER_DP = ("epsilon", "delta", "num-examples")
 
 
@@ -51,8 +47,7 @@ def releasable_metrics(metrics: Mapping[str, float], *, dp: bool) -> dict[str, f
 
 def discriminator_active(cfg: Config, global_step: int) -> bool:
     """Whether stage 1 takes a discriminator step at ``global_step`` (0-based)."""
-    ae = cfg.autoencoder
-    return ae.adversarial_weight > 0 and global_step >= ae.adversarial_start_step
+    return cfg.autoencoder.adversarial_active(global_step)
 
 
 def stage_optimizer_steps(cfg: Config, stage: str, steps: int, start_step: int = 0) -> int:
@@ -99,13 +94,6 @@ class SitePrivacy:
     ) -> None:
         if not cfg.privacy.enabled:
             raise ConfigError("privacy.enabled is false: no SitePrivacy for a non-DP run")
-        if cfg.privacy.grad_sample_mode != "functorch":
-            raise ConfigError(
-                f"privacy.grad_sample_mode: {cfg.privacy.grad_sample_mode!r} is not implemented; "
-                "use 'functorch' (per-subject gradients by torch.func.vmap). Opacus's hooks and "
-                "ghost modes take per-row gradients, which do not bound a subject whose loss "
-                "couples its rows (docs/privacy.md)"
-            )
         self.cfg = cfg
         self.ledger = ledger
         self.n_subjects = n_subjects
@@ -165,7 +153,7 @@ class SitePrivacy:
 
     # --- planning ----------------------------------------------------------------------------
     def _batch_size(self, stage: str) -> int:
-        return int(getattr(self.cfg.train, stage).batch_size)
+        return self.cfg.train.stage(Stage.parse(stage)).batch_size
 
     def _segment(self, stage: str, sigma: float, optimizer_steps: int) -> Segment:
         return Segment(
@@ -230,38 +218,35 @@ class SitePrivacy:
             noise_generator=self._generator(1, device),
         )
 
-    # --- the trainer's hooks (StageTrainer calls these) --------------------------------------
-    def attach(self, trainer: StageTrainer) -> None:
-        """Check the models, build this stage's engine and wrap the trainer's optimizers."""
-        if trainer.num_subjects != self.n_subjects:
+    # --- the training loop's side (fedcmr4d.privacy.protocol.Privacy) ----------------------
+    def attach(
+        self,
+        stage: Stage,
+        *,
+        models: Mapping[str, nn.Module],
+        n_subjects: int,
+        start_step: int,
+        device: torch.device,
+    ) -> SubjectDP:
+        """Check the models and build this stage's engine (the loop wraps its optimizers)."""
+        if n_subjects != self.n_subjects:
             raise ConfigError(
                 f"{self.site}: SitePrivacy was opened for {self.n_subjects} subjects, the "
-                f"trainer has {trainer.num_subjects}; the sample rate would be wrong"
+                f"trainer has {n_subjects}; the sample rate would be wrong"
             )
-        check_trainer_supported(trainer)
-        for name, model in trainer.models.items():
+        for name, model in models.items():
             check_dp_model(model, name=name)
-        engine = self.engine(trainer.stage, start_step=trainer.global_step, device=trainer.device)
-        if self.cfg.privacy.optimizer == "sgd":
-            use_sgd(trainer, lr=self.cfg.privacy.sgd_lr, momentum=self.cfg.privacy.sgd_momentum)
-        for name, optimizer in list(trainer.optimizers.items()):
-            trainer.optimizers[name] = engine.wrap(optimizer)
-        self.engines[trainer.stage] = engine
+        engine = self.engine(stage, start_step=start_step, device=device)
+        self.engines[stage] = engine
+        return engine
 
-    def before_train(self, trainer: StageTrainer, steps: int) -> None:
+    def before_train(self, stage: Stage, *, steps: int, start_step: int) -> None:
         """Refuse ``steps`` (or, locally, the rest of the run) past the budget, before any step."""
         if self.local_total_steps is not None:
-            steps = max(steps, self.local_total_steps - trainer.global_step)
-        self.check_round(trainer.stage, steps, trainer.global_step)
+            steps = max(steps, self.local_total_steps - start_step)
+        self.check_round(stage, steps, start_step)
 
-    def train_step(self, trainer: StageTrainer) -> dict[str, float]:
-        """One DP step of the trainer's stage (the trainer advances its step counter)."""
-        engine = self.engines[trainer.stage]
-        if trainer.stage == "autoencoder":
-            return autoencoder_step(trainer, engine)
-        return diffusion_step(trainer, engine)
-
-    def after_train(self, trainer: StageTrainer) -> dict[str, float]:
+    def after_train(self) -> dict[str, float]:
         """Save the ledger; return ``{"epsilon", "delta"}`` for the round's metrics."""
         self.save()
         return self.metrics()
@@ -282,3 +267,9 @@ class SitePrivacy:
     def write_report(self, out_dir: str | Path) -> Path:
         """Write ``<out_dir>/privacy.json`` (DESIGN.md shape)."""
         return self.ledger.save(Path(out_dir) / PRIVACY_FILE)
+
+
+if TYPE_CHECKING:
+
+    def _implements_the_protocol(site: SitePrivacy) -> Privacy:
+        return site  # mypy: SitePrivacy is a Privacy

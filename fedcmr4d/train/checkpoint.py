@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -26,13 +26,12 @@ from fedcmr4d.io import (
     read_json_object,
     sha256_file,
 )
+from fedcmr4d.stages import Stage
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.yaml"
 META_FILE = "meta.json"
 TRAINER_STATE_FILE = "trainer_state.pt"
-
-Stage = Literal["autoencoder", "diffusion"]
 
 
 @dataclass

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +21,8 @@ from fedcmr4d.config import Config
 from fedcmr4d.data.cohort import open_cohort
 from fedcmr4d.errors import ConfigError, InputError
 from fedcmr4d.io import sha256_file
+from fedcmr4d.privacy.protocol import Privacy
+from fedcmr4d.stages import Stage
 from fedcmr4d.train.checkpoint import (
     WEIGHTS_FILE,
     load_checkpoint,
@@ -57,15 +59,13 @@ def _stage2_meta(autoencoder_dir: Path, trainer: StageTrainer) -> dict[str, Any]
     return {
         "autoencoder_checkpoint": str(autoencoder_dir.resolve()),
         "autoencoder_sha256": sha256_file(autoencoder_dir / WEIGHTS_FILE),
-        "latent_scale": trainer.latent_scale,
-        "latent_scale_source": "codebook (1 / std of the l2-normalised codes' entries)",
-        "stack_slices": trainer.cfg.diffusion.stack_slices or trainer.cfg.data.slices,
+        **trainer.checkpoint_meta(),
     }
 
 
 def _check_autoencoder(cfg: Config, autoencoder_dir: Path) -> dict[str, Any]:
     ckpt = load_checkpoint(autoencoder_dir)
-    if ckpt.stage != "autoencoder":
+    if ckpt.stage != Stage.AUTOENCODER:
         raise InputError(f"{autoencoder_dir}: a {ckpt.stage} checkpoint, expected autoencoder")
     if ckpt.cfg.autoencoder != cfg.autoencoder or ckpt.cfg.data != cfg.data:
         raise ConfigError(
@@ -76,7 +76,7 @@ def _check_autoencoder(cfg: Config, autoencoder_dir: Path) -> dict[str, Any]:
 
 
 def train_local(
-    stage: Literal["autoencoder", "diffusion"],
+    stage: Stage | str,
     cfg: Config,
     data_dir: str | Path,
     out_dir: str | Path,
@@ -84,15 +84,16 @@ def train_local(
     autoencoder_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
-    privacy: object | None = None,
+    privacy: Privacy | None = None,
 ) -> LocalRunResult:
     """Train one stage on one cohort and leave a checkpoint, curves and metrics in ``out_dir``."""
+    stage = Stage.parse(stage)
     out = Path(out_dir)
     cohort = open_cohort(data_dir)
     train_ids, holdout_ids = split_subjects(cohort.subject_ids, cfg.data.holdout_fraction, cfg.seed)
     ae_weights = None
     extra_meta: dict[str, Any] = {}
-    if stage == "diffusion":
+    if stage is Stage.DIFFUSION:
         if autoencoder_dir is None:
             raise ConfigError("train diffusion needs --autoencoder DIR (a stage-1 checkpoint)")
         ae_weights = _check_autoencoder(cfg, Path(autoencoder_dir))
@@ -104,7 +105,7 @@ def train_local(
         autoencoder_weights=ae_weights,
         privacy=privacy,
     )
-    if stage == "diffusion":
+    if stage is Stage.DIFFUSION:
         assert autoencoder_dir is not None
         extra_meta = _stage2_meta(Path(autoencoder_dir), trainer)
     rows: list[dict[str, float]] = []
@@ -122,9 +123,8 @@ def train_local(
     def checkpoint(metrics: dict[str, float] | None = None) -> None:
         weights = {**trainer.get_weights(), **trainer.ema_weights()}
         meta = {**meta_base, "step": trainer.global_step}
-        privacy_meta = getattr(privacy, "checkpoint_meta", None)
-        if privacy_meta is not None:  # ε, δ and segments spent so far (fedcmr4d.privacy)
-            meta["privacy"] = privacy_meta()
+        if privacy is not None:  # ε, δ and segments spent so far (fedcmr4d.privacy)
+            meta["privacy"] = privacy.checkpoint_meta()
         if metrics is not None:
             meta["holdout_metrics"] = metrics
         save_checkpoint(out, stage=stage, cfg=cfg, weights=weights, meta=meta)

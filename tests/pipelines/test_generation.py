@@ -23,7 +23,7 @@ def _pair(root: Path, cfg: Config, cohort: Path) -> Path:
     meta = {
         "autoencoder_checkpoint": str(root / "ae"),
         "autoencoder_sha256": sha256_file(root / "ae" / "model.safetensors"),
-        "latent_scale": ldm.latent_scale,
+        "latent_scale": ldm.impl.latent_scale,
         "privacy": {"epsilon": 3.0},
     }
     return save_checkpoint(

@@ -177,9 +177,12 @@ def test_a_dp_config_without_the_privacy_hook_refuses_to_train(cohort: Path) -> 
 
 
 def test_unimplemented_grad_sample_modes_are_refused() -> None:
-    cfg = load_config("tiny-dp", ["privacy.grad_sample_mode=hooks"])
-    with pytest.raises(ConfigError, match="grad_sample_mode"):
-        SitePrivacy.open(cfg, 6)
+    for mode in ("hooks", "ghost"):
+        with pytest.raises(
+            ConfigError, match="privacy.grad_sample_mode: must be one of 'functorch'"
+        ):
+            load_config("tiny-dp", [f"privacy.grad_sample_mode={mode}"])
+    assert load_config("tiny-dp").privacy.grad_sample_mode == "functorch"
 
 
 def test_sgd_option_replaces_the_optimizers_under_dp(cohort: Path) -> None:

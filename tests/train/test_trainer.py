@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from opacus.optimizers import DPOptimizer
 
-from fedcmr4d.config import Config
+from fedcmr4d.config import Config, load_config
 from fedcmr4d.data.datasets import cine_slices, load_cines
+from fedcmr4d.privacy.engine import SubjectDP
+from fedcmr4d.privacy.protocol import Privacy
+from fedcmr4d.privacy.site import SitePrivacy
+from fedcmr4d.stages import Stage
 from fedcmr4d.train.trainer import StageTrainer
 
 
@@ -96,7 +102,7 @@ def test_stage_two_on_stage_one_weights(
         "diffusion", tiny_cfg, tiny_cohort, autoencoder_weights=ae_trainer.get_weights()
     )
     assert trainer.dataset[0].shape == (1, 48, 8, 8, 4)
-    assert trainer.latent_scale == pytest.approx(
+    assert trainer.impl.latent_scale == pytest.approx(
         ae_trainer.models["autoencoder"].quantizer.latent_scale()
     )
     weights = trainer.get_weights()
@@ -115,14 +121,39 @@ def test_stage_two_on_stage_one_weights(
     assert set(trainer.evaluate(["phantom002"])) == {"val_loss", "num-examples"}
 
 
-def test_privacy_hook_is_attached(tiny_cohort: Path, tiny_cfg: Config) -> None:
-    seen: list[StageTrainer] = []
+def test_privacy_object_is_attached_through_the_protocol(tiny_cohort: Path) -> None:
+    cfg = load_config("tiny-dp")
+    calls: list[tuple[str, Stage]] = []
 
-    class Hook:
-        def attach(self, trainer: StageTrainer) -> None:
-            seen.append(trainer)
+    class Recording(SitePrivacy):
+        """The site's real privacy side, recording what the loop asks of it."""
 
-    trainer = StageTrainer("autoencoder", tiny_cfg, tiny_cohort, privacy=Hook())
-    assert seen == [trainer]
-    with pytest.raises(TypeError, match="attach"):
-        StageTrainer("autoencoder", tiny_cfg, tiny_cohort, privacy=object())
+        def attach(self, stage: Stage, **kwargs: Any) -> SubjectDP:
+            calls.append(("attach", stage))
+            assert set(kwargs["models"]) == {"autoencoder", "discriminator"}
+            return super().attach(stage, **kwargs)
+
+        def before_train(self, stage: Stage, *, steps: int, start_step: int) -> None:
+            calls.append(("before_train", stage))
+            super().before_train(stage, steps=steps, start_step=start_step)
+
+    base = SitePrivacy.open(cfg, 4, seed=0)
+    privacy = Recording(cfg, base.ledger, n_subjects=4, seed=0)
+    assert isinstance(privacy, Privacy)
+    trainer = StageTrainer("autoencoder", cfg, tiny_cohort, privacy=privacy)
+    assert trainer.engine is privacy.engines[Stage.AUTOENCODER]
+    assert all(isinstance(o, DPOptimizer) for o in trainer.optimizers.values())
+    trainer.train(1)
+    assert calls == [("attach", Stage.AUTOENCODER), ("before_train", Stage.AUTOENCODER)]
+    assert privacy.ledger.steps == 1  # the stage's DP step went through the engine's optimizer
+
+
+def test_an_object_that_is_not_a_privacy_is_refused(tiny_cohort: Path, tiny_cfg: Config) -> None:
+    class AttachOnly:
+        def attach(self, stage: Stage, **kwargs: Any) -> None:
+            raise AssertionError("never called")
+
+    with pytest.raises(TypeError, match="lacks attach, before_train"):
+        StageTrainer("autoencoder", tiny_cfg, tiny_cohort, privacy=object())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="lacks before_train, after_train, checkpoint_meta"):
+        StageTrainer("autoencoder", tiny_cfg, tiny_cohort, privacy=AttachOnly())  # type: ignore[arg-type]
