@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fedcmr4d.config import Config, StageTrainConfig
 from fedcmr4d.data.datasets import LatentStackDataset, SliceDataset, cine_slices, load_cines
+from fedcmr4d.devices import resolve_device
 from fedcmr4d.errors import ConfigError
 from fedcmr4d.models.losses import (
     build_perceptual_loss,
@@ -58,15 +59,6 @@ class PrivacyHook(Protocol):
     """What the trainer asks of a privacy object: wrap models/optimizers/loader in place."""
 
     def attach(self, trainer: StageTrainer) -> None: ...
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU; "cuda" without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but no CUDA device is available")
-    return torch.device(device)
 
 
 def psnr(reconstruction: Tensor, target: Tensor) -> float:
@@ -574,22 +566,6 @@ def _unwrap(model: nn.Module) -> Any:
 
 
 def _progress(enabled: bool, total: int, label: str) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from fedcmr4d.progress import progress_bar
 
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-
-
-class _NoProgress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    return progress_bar(enabled)

@@ -20,14 +20,14 @@ def _pair(root: Path, cfg: Config, cohort: Path) -> Path:
     ae = StageTrainer("autoencoder", cfg, cohort)
     save_checkpoint(root / "ae", stage="autoencoder", cfg=cfg, weights=ae.get_weights())
     ldm = StageTrainer("diffusion", cfg, cohort, autoencoder_weights=ae.get_weights())
-    meta = {
-        "autoencoder_checkpoint": str(root / "ae"),
-        "autoencoder_sha256": sha256_file(root / "ae" / "model.safetensors"),
-        "latent_scale": ldm.latent_scale,
-        "privacy": {"epsilon": 3.0},
-    }
     return save_checkpoint(
-        root / "ldm", stage="diffusion", cfg=cfg, weights=ldm.get_weights(), meta=meta
+        root / "ldm",
+        stage="diffusion",
+        cfg=cfg,
+        weights=ldm.get_weights(),
+        meta={"privacy": {"epsilon": 3.0}},
+        autoencoder=root / "ae",
+        latent_scale=ldm.latent_scale,
     )
 
 
@@ -76,12 +76,11 @@ def test_replaced_autoencoder_is_refused(tmp_path: Path, checkpoints: dict[str, 
 
     copy = tmp_path / "copy"
     shutil.copytree(checkpoints["one_pass"].parent, copy)
-    meta_path = copy / "ldm" / "meta.json"
-    meta_path.write_text(
-        meta_path.read_text().replace(str(checkpoints["one_pass"].parent / "ae"), str(copy / "ae"))
-    )
     (copy / "ae" / "model.safetensors").write_bytes(b"x")
-    with pytest.raises(InputError, match=r"model\.safetensors.*SHA-256"):
+    with pytest.raises(InputError, match=r"ae/model\.safetensors: SHA-256 differs"):
+        sample_cohort(copy / "ldm", 1, tmp_path / "z")
+    (copy / "ae" / "model.safetensors").unlink()
+    with pytest.raises(InputError, match=r"ae/model\.safetensors: the stage-1 .* missing"):
         sample_cohort(copy / "ldm", 1, tmp_path / "z")
     with pytest.raises(InputError, match="diffusion"):
         sample_cohort(checkpoints["one_pass"].parent / "ae", 1, tmp_path / "w")
