@@ -50,7 +50,17 @@ def _root(
 
 
 def _register() -> None:
-    from fedcmr4d.cli import audit, data, demo, evaluate, release, sample, train  # noqa: F401
+    from fedcmr4d.cli import (  # noqa: F401
+        audit,
+        data,
+        demo,
+        evaluate,
+        export,
+        figure,
+        release,
+        sample,
+        train,
+    )
 
 
 def main() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ from fedcmr4d.io import sha256_file
 from fedcmr4d.pipelines.generation import sample_cohort, sample_slicewise
 from fedcmr4d.train.checkpoint import save_checkpoint
 from fedcmr4d.train.trainer import StageTrainer
+
+Run = Callable[..., tuple[int, str]]
 
 
 def _pair(root: Path, cfg: Config, cohort: Path) -> Path:
@@ -97,23 +101,15 @@ def test_pool_area_change_sees_a_beat_and_not_a_still_image() -> None:
     assert pool_area_change(np.repeat(beating[..., :1], 16, axis=3)) == 0.0
 
 
-def test_frame_figure(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
-    from fedcmr4d.pipelines.sample_figure import main
-
+def test_frame_figure(tmp_path: Path, checkpoints: dict[str, Path], run_cli: Run) -> None:
     sample_cohort(checkpoints["one_pass"], 2, tmp_path / "s", seed=0)
     out = tmp_path / "fig.png"
-    main(
-        [
-            "--synthetic",
-            str(tmp_path / "s"),
-            "--real",
-            str(checkpoints["one_pass"].parents[1] / "cohort"),
-            "--out",
-            str(out),
-            "--subjects",
-            "2",
-            "--frames",
-            "4",
-        ]
-    )
+    real = checkpoints["one_pass"].parents[1] / "cohort"
+    code, text = run_cli(
+        "figure", "--synthetic", tmp_path / "s", "--real", real, "--out", out,
+        "--subjects", "2", "--frames", "4",
+    )  # fmt: skip
+    assert code == 0, text
     assert out.stat().st_size > 1000
+    changes = json.loads(text.strip().splitlines()[-1])["pool_area_change"]
+    assert len(changes) == 3 and [k.split()[0] for k in changes] == ["real", "synthetic", "synthetic"]
