@@ -112,4 +112,8 @@ def test_frame_figure(tmp_path: Path, checkpoints: dict[str, Path], run_cli: Run
     assert code == 0, text
     assert out.stat().st_size > 1000
     changes = json.loads(text.strip().splitlines()[-1])["pool_area_change"]
-    assert len(changes) == 3 and [k.split()[0] for k in changes] == ["real", "synthetic", "synthetic"]
+    assert len(changes) == 3 and [k.split()[0] for k in changes] == [
+        "real",
+        "synthetic",
+        "synthetic",
+    ]
