@@ -6,25 +6,13 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from fedcmr4d.cli import app
 from fedcmr4d.config import DataConfig, load_config
 from fedcmr4d.errors import ConfigError
+from fedcmr4d.progress import make_progress
 
 console = Console(stderr=True)
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[current]}"),
-        console=console,
-        transient=False,
-    )
 
 
 def _data_config(config: str | None, overrides: list[str]) -> DataConfig | None:
@@ -79,7 +67,7 @@ def phantom(
         slices = slices if slices is not None else data.slices
         frames = frames if frames is not None else data.frames
     image_size, slices, frames = image_size or 64, slices or 6, frames or 16
-    with _progress() as bar:
+    with make_progress(item=True, console=console) as bar:
         task = bar.add_task("phantom", total=subjects, current="")
         cohort = write_phantom_cohort(
             out,
@@ -135,7 +123,7 @@ def preprocess(
     size = image_size if image_size is not None else data.image_size
     n_frames = frames if frames is not None else data.frames
     total = len(find_subjects(fmt, input_dir)) if input_dir.is_dir() else 0
-    with _progress() as bar:
+    with make_progress(item=True, console=console) as bar:
         task = bar.add_task(f"preprocess {fmt}", total=total, current="")
 
         def on_subject(subject_id: str, error: str | None) -> None:

@@ -30,6 +30,7 @@ from safetensors.torch import load_file, save_file
 from fedcmr4d import __version__
 from fedcmr4d.config import Config
 from fedcmr4d.data.cohort import LABEL_UNLABELLED, Cohort
+from fedcmr4d.devices import resolve_device
 from fedcmr4d.errors import InputError
 from fedcmr4d.io import atomic_write, atomic_write_json, atomic_write_text, read_json_object
 
@@ -60,13 +61,6 @@ def build_segmenter(features: list[int] | tuple[int, ...]) -> BasicUNet:
         features=features,
         norm=("group", {"num_groups": groups}),
     )
-
-
-def select_device(cfg: Config) -> torch.device:
-    """``train.device`` of the config; ``auto`` picks CUDA when present."""
-    if cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 def pad_to_multiple(batch: torch.Tensor, value: float) -> torch.Tensor:
@@ -168,7 +162,7 @@ def train_segmenter(cohort: Cohort, out_dir: str | Path, cfg: Config) -> TrainRe
     """
     ev = cfg.evaluate
     images, labels, subjects = labelled_frames(cohort)
-    device = select_device(cfg)
+    device = resolve_device(cfg.train.device)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     model = build_segmenter(ev.segmenter_features).to(device)
@@ -205,7 +199,7 @@ def _meta(result: TrainResult, cohort: Cohort, features: list[int]) -> dict[str,
         "steps": result.steps,
         "final_loss": result.final_loss,
         "train_frames": result.train_frames,
-        "train_subjects": result.train_subjects,
+        "n_train_subjects": result.train_subjects,  # a count; ids stay with the cohort
         "data": str(cohort.root),
         "code_version": __version__,
     }

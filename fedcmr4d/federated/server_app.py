@@ -428,8 +428,13 @@ def save_stage_checkpoint(
     state: ServerState,
     evaluation: dict[str, Any],
 ) -> None:
-    """The stage's final global model in the trainer's checkpoint format (for ``sample``)."""
-    from fedcmr4d.train.checkpoint import save_checkpoint
+    """The stage's final global model in the trainer's checkpoint format (for ``sample``).
+
+    The coordinator lays stages out as ``<out-dir>/autoencoder`` and ``<out-dir>/diffusion``; the
+    diffusion checkpoint names ``../autoencoder`` relatively (the one writer,
+    :func:`~fedcmr4d.train.checkpoint.save_checkpoint`), so the out-dir can be moved.
+    """
+    from fedcmr4d.train.checkpoint import WEIGHTS_FILE, codebook_latent_scale, save_checkpoint
 
     weights = record_to_weights(arrays)
     rounds = [r for r in state.history if r["stage"] == stage]
@@ -441,22 +446,12 @@ def save_stage_checkpoint(
         "holdout_metrics": evaluation["mean"],
         "epsilon_max_site": max(epsilons) if epsilons else None,
     }
+    stage2: dict[str, Any] = {}
     if stage == "diffusion":
-        from fedcmr4d.io import sha256_file
-        from fedcmr4d.train.checkpoint import WEIGHTS_FILE
-        from fedcmr4d.train.models import stack_slices_of
-        from fedcmr4d.train.trainer import load_frozen_autoencoder
-
         ae_dir = out_dir.parent / "autoencoder"
         ae_weights = numpy_to_weights(load_file_numpy(ae_dir / WEIGHTS_FILE))
-        meta |= {
-            "autoencoder_checkpoint": str(ae_dir.resolve()),
-            "autoencoder_sha256": sha256_file(ae_dir / WEIGHTS_FILE),
-            "latent_scale": load_frozen_autoencoder(cfg, ae_weights).quantizer.latent_scale(),
-            "latent_scale_source": "codebook (1 / std of the l2-normalised codes' entries)",
-            "stack_slices": stack_slices_of(cfg),
-        }
-    save_checkpoint(out_dir, stage=stage, cfg=cfg, weights=weights, meta=meta)  # type: ignore[arg-type]
+        stage2 = {"autoencoder": ae_dir, "latent_scale": codebook_latent_scale(ae_weights)}
+    save_checkpoint(out_dir, stage=stage, cfg=cfg, weights=weights, meta=meta, **stage2)  # type: ignore[arg-type]
 
 
 def make_server_app(settings: RunSettings, progress: Progress | None = None) -> ServerApp:

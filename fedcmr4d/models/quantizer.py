@@ -162,5 +162,11 @@ class CosineQuantizer(nn.Module):
         Computed from the codebook only (a function of DP-protected weights, so post-processing),
         never from encoded site data. For K random unit codes in D dimensions it is ~sqrt(D).
         """
-        std = float(self.normalized_codebook().std())
-        return 1.0 / std if std > 0 else math.sqrt(self.embedding_dim)
+        return latent_scale_of_codebook(self.codebook)
+
+
+@torch.no_grad()
+def latent_scale_of_codebook(codebook: Tensor) -> float:
+    """:meth:`CosineQuantizer.latent_scale` of a (K, D) codebook tensor (no model needed)."""
+    std = float(F.normalize(codebook.float(), dim=1).std())
+    return 1.0 / std if std > 0 else math.sqrt(codebook.shape[1])

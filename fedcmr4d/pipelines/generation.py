@@ -25,14 +25,22 @@ from torch import Tensor, nn
 
 from fedcmr4d.config import Config
 from fedcmr4d.data.cohort import Cohort, Subject, open_cohort, write_cohort_index, write_subject
+from fedcmr4d.devices import resolve_device
 from fedcmr4d.errors import InputError
 from fedcmr4d.io import sha256_file
 from fedcmr4d.models.denoiser import unstack_slices
 from fedcmr4d.models.vqvae import SpatioTemporalVQVAE
+from fedcmr4d.progress import progress_bar
 from fedcmr4d.schedulers import build_sample_scheduler
-from fedcmr4d.train.checkpoint import WEIGHTS_FILE, Checkpoint, code_version, load_checkpoint
+from fedcmr4d.train.checkpoint import (
+    WEIGHTS_FILE,
+    Checkpoint,
+    code_version,
+    load_autoencoder_of,
+    load_checkpoint,
+)
 from fedcmr4d.train.models import build_denoiser, stack_slices_of, sub_weights
-from fedcmr4d.train.trainer import load_frozen_autoencoder, resolve_device
+from fedcmr4d.train.trainer import load_frozen_autoencoder
 
 #: Frame time of synthetic cines: a 75 bpm cycle (800 ms) over ``data.frames`` frames. A fixed
 #: value, not a statistic of any site's data.
@@ -62,27 +70,16 @@ class Generator4D:
 def load_generator(
     checkpoint_dir: str | Path, device: str = "auto", *, use_ema: bool = True
 ) -> Generator4D:
-    """Load a stage-2 checkpoint and the stage-1 checkpoint it names (SHA-256 checked).
+    """Load a stage-2 checkpoint and the stage-1 checkpoint it names (relative path, SHA-256).
 
     ``use_ema``: take the ``ema.unet.*`` weights when the checkpoint has them (else ``unet.*``).
     """
     ckpt = load_checkpoint(checkpoint_dir)
     if ckpt.stage != "diffusion":
         raise InputError(f"{checkpoint_dir}: a {ckpt.stage} checkpoint; sampling needs diffusion")
-    for key in ("autoencoder_checkpoint", "autoencoder_sha256", "latent_scale"):
-        if key not in ckpt.meta:
-            raise InputError(f"{ckpt.root / 'meta.json'}: missing '{key}'")
-    ae_dir = Path(ckpt.meta["autoencoder_checkpoint"])
-    if not (ae_dir / WEIGHTS_FILE).is_file():
-        raise InputError(
-            f"{ae_dir / WEIGHTS_FILE}: the autoencoder this checkpoint names is missing"
-        )
-    if sha256_file(ae_dir / WEIGHTS_FILE) != ckpt.meta["autoencoder_sha256"]:
-        raise InputError(
-            f"{ae_dir / WEIGHTS_FILE}: SHA-256 differs from the one recorded in "
-            f"{ckpt.root / 'meta.json'} (autoencoder replaced after stage 2 was trained)"
-        )
-    ae_ckpt = load_checkpoint(ae_dir)
+    if "latent_scale" not in ckpt.meta:
+        raise InputError(f"{ckpt.root / 'meta.json'}: missing 'latent_scale'")
+    ae_ckpt = load_autoencoder_of(ckpt)  # relative to the stage-2 folder, SHA-256 checked
     cfg = ckpt.cfg
     dev = resolve_device(cfg.train.device if device == "auto" else device)
     unet = build_denoiser(cfg)
@@ -148,9 +145,9 @@ def _provenance(gen: Generator4D, seed: int, mode: str) -> dict[str, Any]:
     provenance: dict[str, Any] = {
         "source": "synthetic",
         "sampling": mode,
-        "checkpoint": str(gen.checkpoint.root.resolve()),
+        "checkpoint": gen.checkpoint.root.resolve().name,  # a name, not a path of this machine
         "checkpoint_sha256": sha256_file(gen.checkpoint.root / WEIGHTS_FILE),
-        "autoencoder_sha256": meta["autoencoder_sha256"],
+        "autoencoder_sha256": meta["autoencoder"]["sha256"],
         "config_name": gen.cfg.name,
         "seed": seed,
         "sampler": gen.cfg.diffusion.sampler,
@@ -163,21 +160,6 @@ def _provenance(gen: Generator4D, seed: int, mode: str) -> dict[str, Any]:
         if key in meta:
             provenance[key] = meta[key]
     return provenance
-
-
-def _progress(enabled: bool) -> Any:
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )
 
 
 def _write(gen: Generator4D, out: Path, subject_id: str, cine: np.ndarray, seed: int) -> None:
@@ -231,7 +213,7 @@ def _run(
     ids = [f"synth{i:04d}" for i in range(n_subjects)]
     pending: list[Tensor] = []  # slice latents (D, h, w, t) of the subject being assembled
     written = 0
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         n_batches = -(-total // batch_size)
         task = bar.add_task("sampling", total=n_batches * steps) if bar else None
 

@@ -1,6 +1,6 @@
 """Look at synthetic cines: frame strips of a few subjects, and a crude beat amplitude.
 
-``python -m fedcmr4d.pipelines.sample_figure --synthetic DIR [--real DIR] --out PNG`` draws, per
+``fedcmr4d figure --synthetic DIR [--real DIR] --out PNG`` (:mod:`fedcmr4d.cli.figure`) draws, per
 subject, one row of frames of its mid-ventricular slice (real subjects first, labelled), and
 prints one JSON line with each subject's blood-pool area change over the cycle.
 
@@ -12,8 +12,6 @@ much the heart contracts -- 0 for a still image.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -73,27 +71,3 @@ def plot_frames(
     atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=110), mode=0o644)
     plt.close(fig)
     return {name: round(change, 3) for name, _, change in rows}
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--synthetic", type=Path, required=True)
-    parser.add_argument("--real", type=Path)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--subjects", type=int, default=3)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--slice", type=int)
-    args = parser.parse_args(argv)
-    changes = plot_frames(
-        args.synthetic,
-        args.out,
-        real=args.real,
-        n_subjects=args.subjects,
-        n_frames=args.frames,
-        slice_index=args.slice,
-    )
-    print(json.dumps({"out": str(args.out), "pool_area_change": changes}))
-
-
-if __name__ == "__main__":
-    main()

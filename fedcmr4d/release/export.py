@@ -8,6 +8,7 @@ Layout (DESIGN.md)::
       provenance.json  the cohort's provenance (checkpoint hash, config, seed, epsilon per site),
                        audit summary, signer fingerprint, tool version
       DATASHEET.md     the same for humans, plus intended use and how to verify
+      croissant.json   Croissant 1.1 JSON-LD: files, subject records, RAI fields (croissant.py)
       manifest.json    SHA-256 of every other file (canonical JSON)
       manifest.sig     raw 64-byte Ed25519 signature of the exact bytes of manifest.json
 
@@ -35,6 +36,7 @@ from fedcmr4d.io import (
     sha256_file,
     tree_hashes,
 )
+from fedcmr4d.release.croissant import CROISSANT_FILE, build_croissant
 from fedcmr4d.release.datasheet import render_datasheet
 from fedcmr4d.release.manifest import MANIFEST_FILE, SIGNATURE_FILE, build_manifest
 from fedcmr4d.release.sign import fingerprint, load_private_key, sign_bytes
@@ -162,6 +164,8 @@ def build_release(
         provenance = _provenance(index, audit, sha256_file(audit_path), signer, created)
         atomic_write_json(tmp / PROVENANCE_FILE, provenance)
         atomic_write_text(tmp / DATASHEET_FILE, render_datasheet(provenance, audit))
+        croissant = build_croissant(tmp, provenance, audit, cohort_dir=COHORT_DIR)
+        atomic_write_json(tmp / CROISSANT_FILE, croissant)
         manifest = build_manifest(tmp, signer, created)
         (tmp / MANIFEST_FILE).write_bytes(manifest)
         (tmp / SIGNATURE_FILE).write_bytes(sign_bytes(key, manifest))

@@ -149,9 +149,5 @@ class DiffusionStage:
         return {"val_loss": float(np.mean(losses)), "num-examples": float(len(cines))}
 
     def checkpoint_meta(self) -> dict[str, Any]:
-        """How a sampler turns this stage's latents back into cines."""
-        return {
-            "latent_scale": self.latent_scale,
-            "latent_scale_source": "codebook (1 / std of the l2-normalised codes' entries)",
-            "stack_slices": self.stack_slices,
-        }
+        """The scale applied to the stage-1 latents (the checkpoint writer records the rest)."""
+        return {"latent_scale": self.latent_scale}

@@ -20,11 +20,10 @@ import numpy as np
 from fedcmr4d.config import Config
 from fedcmr4d.data.cohort import open_cohort
 from fedcmr4d.errors import ConfigError, InputError
-from fedcmr4d.io import sha256_file
 from fedcmr4d.privacy.protocol import Privacy
+from fedcmr4d.progress import progress_bar
 from fedcmr4d.stages import Stage
 from fedcmr4d.train.checkpoint import (
-    WEIGHTS_FILE,
     load_checkpoint,
     load_trainer_state,
     save_checkpoint,
@@ -53,14 +52,6 @@ def split_subjects(subject_ids: list[str], holdout_fraction: float, seed: int) -
     hold = sorted(ids[i] for i in order[:n_hold])
     train = sorted(ids[i] for i in order[n_hold:])
     return train, hold
-
-
-def _stage2_meta(autoencoder_dir: Path, trainer: StageTrainer) -> dict[str, Any]:
-    return {
-        "autoencoder_checkpoint": str(autoencoder_dir.resolve()),
-        "autoencoder_sha256": sha256_file(autoencoder_dir / WEIGHTS_FILE),
-        **trainer.checkpoint_meta(),
-    }
 
 
 def _check_autoencoder(cfg: Config, autoencoder_dir: Path) -> dict[str, Any]:
@@ -92,7 +83,6 @@ def train_local(
     cohort = open_cohort(data_dir)
     train_ids, holdout_ids = split_subjects(cohort.subject_ids, cfg.data.holdout_fraction, cfg.seed)
     ae_weights = None
-    extra_meta: dict[str, Any] = {}
     if stage is Stage.DIFFUSION:
         if autoencoder_dir is None:
             raise ConfigError("train diffusion needs --autoencoder DIR (a stage-1 checkpoint)")
@@ -105,20 +95,19 @@ def train_local(
         autoencoder_weights=ae_weights,
         privacy=privacy,
     )
-    if stage is Stage.DIFFUSION:
-        assert autoencoder_dir is not None
-        extra_meta = _stage2_meta(Path(autoencoder_dir), trainer)
+    stage2: dict[str, Any] = {}
+    if stage is Stage.DIFFUSION:  # the one writer records the relative stage-1 reference
+        stage2 = {
+            "autoencoder": autoencoder_dir,
+            "latent_scale": trainer.checkpoint_meta()["latent_scale"],
+        }
     rows: list[dict[str, float]] = []
     if resume:
         rows = _resume(trainer, out, stage)
     tc = trainer.train_cfg
     total = tc.steps
-    meta_base = {
-        **extra_meta,
-        "train_subjects": train_ids,
-        "holdout_subjects": holdout_ids,
-        "data": str(Path(data_dir).resolve()),
-    }
+    # No subject ids: the split is the site's (split_subjects recomputes it from the cohort).
+    meta_base = {"data": str(Path(data_dir).resolve())}
 
     def checkpoint(metrics: dict[str, float] | None = None) -> None:
         weights = {**trainer.get_weights(), **trainer.ema_weights()}
@@ -127,11 +116,11 @@ def train_local(
             meta["privacy"] = privacy.checkpoint_meta()
         if metrics is not None:
             meta["holdout_metrics"] = metrics
-        save_checkpoint(out, stage=stage, cfg=cfg, weights=weights, meta=meta)
+        save_checkpoint(out, stage=stage, cfg=cfg, weights=weights, meta=meta, **stage2)
         save_trainer_state(out, trainer.state_dict())
 
     out.mkdir(parents=True, exist_ok=True)
-    with _bar(progress) as bar:
+    with progress_bar(progress) as bar:
         task = bar.add_task(stage, total=total, completed=trainer.global_step) if bar else None
         while trainer.global_step < total:
             chunk = min(tc.log_every, total - trainer.global_step)
@@ -167,18 +156,3 @@ def _resume(trainer: StageTrainer, out: Path, stage: str) -> list[dict[str, floa
     trainer.set_ema_weights(ckpt.weights)
     trainer.load_state_dict(state)
     return [row for row in read_curves(out) if row.get("step", 0) <= trainer.global_step]
-
-
-def _bar(enabled: bool) -> Any:
-    from contextlib import nullcontext
-
-    if not enabled:
-        return nullcontext(None)
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
-
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-    )

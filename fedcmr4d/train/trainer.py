@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader
 
 from fedcmr4d.config import Config, StageTrainConfig
 from fedcmr4d.data.datasets import load_cines
+from fedcmr4d.devices import resolve_device
 from fedcmr4d.errors import ConfigError
 from fedcmr4d.privacy.engine import SubjectDP
 from fedcmr4d.privacy.protocol import PRIVACY_METHODS, Privacy
@@ -39,15 +40,6 @@ from fedcmr4d.train.models import strip_prefixes
 __all__ = ["StageTrainer", "build_stage", "load_frozen_autoencoder", "resolve_device"]
 
 log = logging.getLogger(__name__)
-
-
-def resolve_device(device: str) -> torch.device:
-    """ "auto" -> CUDA when available, else CPU; "cuda" without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} but no CUDA device is available")
-    return torch.device(device)
 
 
 def build_stage(
@@ -369,22 +361,6 @@ class StageTrainer:
 
 
 def _progress(enabled: bool, total: int, label: str) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from fedcmr4d.progress import progress_bar
 
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-    )
-
-
-class _NoProgress:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+    return progress_bar(enabled)

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from scipy.ndimage import gaussian_filter
 
 from fedcmr4d.config import load_config
@@ -33,7 +34,12 @@ SEGMENTER = [
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A training cohort, its segmenter, and two disjoint test cohorts A and B."""
+    """A training cohort, its segmenter, and two disjoint test cohorts A and B.
+
+    Seeded here: a module fixture is built before the suite's per-test seed, so the segmenter's
+    initial weights would otherwise depend on which tests ran before it.
+    """
+    torch.manual_seed(0)
     root = tmp_path_factory.mktemp("phantoms")
     paths = {name: root / name for name in ("train", "a", "b", "seg")}
     write_phantom_cohort(paths["train"], 12, seed=1, image_size=SIZE)

@@ -65,7 +65,7 @@ def test_two_sites_both_stages_then_audit(tmp_path: Path, two_sites: Path) -> No
     autoencoder = load_checkpoint(out / "autoencoder")
     diffusion = load_checkpoint(out / "diffusion")
     assert autoencoder.stage == "autoencoder" and diffusion.stage == "diffusion"
-    assert diffusion.meta["autoencoder_checkpoint"] == str((out / "autoencoder").resolve())
+    assert diffusion.meta["autoencoder"]["path"] == "../autoencoder"
     assert len(diffusion.meta["sites"]) == 2
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == 3

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,19 +17,21 @@ from fedcmr4d.pipelines.generation import sample_cohort, sample_slicewise
 from fedcmr4d.train.checkpoint import save_checkpoint
 from fedcmr4d.train.trainer import StageTrainer
 
+Run = Callable[..., tuple[int, str]]
+
 
 def _pair(root: Path, cfg: Config, cohort: Path) -> Path:
     ae = StageTrainer("autoencoder", cfg, cohort)
     save_checkpoint(root / "ae", stage="autoencoder", cfg=cfg, weights=ae.get_weights())
     ldm = StageTrainer("diffusion", cfg, cohort, autoencoder_weights=ae.get_weights())
-    meta = {
-        "autoencoder_checkpoint": str(root / "ae"),
-        "autoencoder_sha256": sha256_file(root / "ae" / "model.safetensors"),
-        "latent_scale": ldm.impl.latent_scale,
-        "privacy": {"epsilon": 3.0},
-    }
     return save_checkpoint(
-        root / "ldm", stage="diffusion", cfg=cfg, weights=ldm.get_weights(), meta=meta
+        root / "ldm",
+        stage="diffusion",
+        cfg=cfg,
+        weights=ldm.get_weights(),
+        meta={"privacy": {"epsilon": 3.0}},
+        autoencoder=root / "ae",
+        latent_scale=ldm.impl.latent_scale,
     )
 
 
@@ -76,12 +80,11 @@ def test_replaced_autoencoder_is_refused(tmp_path: Path, checkpoints: dict[str, 
 
     copy = tmp_path / "copy"
     shutil.copytree(checkpoints["one_pass"].parent, copy)
-    meta_path = copy / "ldm" / "meta.json"
-    meta_path.write_text(
-        meta_path.read_text().replace(str(checkpoints["one_pass"].parent / "ae"), str(copy / "ae"))
-    )
     (copy / "ae" / "model.safetensors").write_bytes(b"x")
-    with pytest.raises(InputError, match=r"model\.safetensors.*SHA-256"):
+    with pytest.raises(InputError, match=r"ae/model\.safetensors: SHA-256 differs"):
+        sample_cohort(copy / "ldm", 1, tmp_path / "z")
+    (copy / "ae" / "model.safetensors").unlink()
+    with pytest.raises(InputError, match=r"ae/model\.safetensors: the stage-1 .* missing"):
         sample_cohort(copy / "ldm", 1, tmp_path / "z")
     with pytest.raises(InputError, match="diffusion"):
         sample_cohort(checkpoints["one_pass"].parent / "ae", 1, tmp_path / "w")
@@ -98,23 +101,19 @@ def test_pool_area_change_sees_a_beat_and_not_a_still_image() -> None:
     assert pool_area_change(np.repeat(beating[..., :1], 16, axis=3)) == 0.0
 
 
-def test_frame_figure(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
-    from fedcmr4d.pipelines.sample_figure import main
-
+def test_frame_figure(tmp_path: Path, checkpoints: dict[str, Path], run_cli: Run) -> None:
     sample_cohort(checkpoints["one_pass"], 2, tmp_path / "s", seed=0)
     out = tmp_path / "fig.png"
-    main(
-        [
-            "--synthetic",
-            str(tmp_path / "s"),
-            "--real",
-            str(checkpoints["one_pass"].parents[1] / "cohort"),
-            "--out",
-            str(out),
-            "--subjects",
-            "2",
-            "--frames",
-            "4",
-        ]
-    )
+    real = checkpoints["one_pass"].parents[1] / "cohort"
+    code, text = run_cli(
+        "figure", "--synthetic", tmp_path / "s", "--real", real, "--out", out,
+        "--subjects", "2", "--frames", "4",
+    )  # fmt: skip
+    assert code == 0, text
     assert out.stat().st_size > 1000
+    changes = json.loads(text.strip().splitlines()[-1])["pool_area_change"]
+    assert len(changes) == 3 and [k.split()[0] for k in changes] == [
+        "real",
+        "synthetic",
+        "synthetic",
+    ]

@@ -20,13 +20,14 @@ def test_round_trip(tmp_path: Path, tiny_cfg: Config) -> None:
     weights = _weights()
     save_checkpoint(
         tmp_path / "ck",
-        stage="diffusion",
+        stage="autoencoder",
         cfg=tiny_cfg,
         weights=weights,
-        meta={"step": 7, "latent_scale": 2.5},
+        meta={"step": 7, "holdout_metrics": {"psnr": 2.5}},
     )
     ckpt = load_checkpoint(tmp_path / "ck")
-    assert ckpt.stage == "diffusion" and ckpt.meta["step"] == 7 and ckpt.meta["latent_scale"] == 2.5
+    assert ckpt.stage == "autoencoder" and ckpt.meta["step"] == 7
+    assert ckpt.meta["holdout_metrics"] == {"psnr": 2.5}
     assert ckpt.cfg == tiny_cfg
     assert ckpt.meta["config_name"] == "tiny" and ckpt.meta["code_version"]
     assert list(ckpt.weights) == list(weights)
@@ -52,3 +53,58 @@ def test_errors_name_the_file(tmp_path: Path, tiny_cfg: Config) -> None:
         load_checkpoint(root)
     with pytest.raises(ValueError, match="stage"):
         save_checkpoint(root, stage="segmenter", cfg=tiny_cfg, weights=_weights())  # type: ignore[arg-type]
+
+
+def test_stage2_meta_is_relative_and_checked(tmp_path: Path, tiny_cfg: Config) -> None:
+    from fedcmr4d.io import sha256_file
+    from fedcmr4d.train.checkpoint import load_autoencoder_of
+
+    ae = save_checkpoint(
+        tmp_path / "run" / "a", stage="autoencoder", cfg=tiny_cfg, weights=_weights()
+    )
+    ldm = save_checkpoint(
+        tmp_path / "run" / "nested" / "ldm",
+        stage="diffusion",
+        cfg=tiny_cfg,
+        weights=_weights(),
+        autoencoder=ae,
+        latent_scale=2.5,
+    )
+    ref = load_checkpoint(ldm).meta["autoencoder"]
+    assert ref == {"path": "../../a", "sha256": sha256_file(ae / "model.safetensors")}
+    assert str(tmp_path) not in (ldm / "meta.json").read_text()  # no absolute path
+    assert load_autoencoder_of(load_checkpoint(ldm)).root == ldm / "../../a"
+    with pytest.raises(ValueError, match="autoencoder= and latent_scale="):
+        save_checkpoint(tmp_path / "x", stage="diffusion", cfg=tiny_cfg, weights=_weights())
+    with pytest.raises(ValueError, match="diffusion checkpoints only"):
+        save_checkpoint(
+            tmp_path / "x", stage="autoencoder", cfg=tiny_cfg, weights=_weights(), autoencoder=ae
+        )
+    with pytest.raises(InputError, match=r"nope/model\.safetensors: missing"):
+        save_checkpoint(
+            tmp_path / "x", stage="diffusion", cfg=tiny_cfg, weights=_weights(),
+            autoencoder=tmp_path / "nope", latent_scale=1.0,
+        )  # fmt: skip
+
+
+def test_subject_ids_are_refused_in_meta(tmp_path: Path, tiny_cfg: Config) -> None:
+    with pytest.raises(ValueError, match="subject ids.*train_subjects"):
+        save_checkpoint(
+            tmp_path / "ck",
+            stage="autoencoder",
+            cfg=tiny_cfg,
+            weights=_weights(),
+            meta={"train_subjects": ["p1"]},
+        )
+    assert not (tmp_path / "ck").exists()
+
+
+def test_codebook_latent_scale_matches_the_quantizer(tiny_cfg: Config) -> None:
+    from fedcmr4d.train.checkpoint import codebook_latent_scale
+    from fedcmr4d.train.models import build_autoencoder
+
+    model = build_autoencoder(tiny_cfg)
+    weights = {f"autoencoder.{k}": v for k, v in model.state_dict().items()}
+    assert codebook_latent_scale(weights) == pytest.approx(model.quantizer.latent_scale())
+    with pytest.raises(ValueError, match="codebook"):
+        codebook_latent_scale({"unet.a": torch.zeros(1)})
