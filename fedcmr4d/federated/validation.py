@@ -107,7 +107,7 @@ def validate_updates(
         if not (math.isfinite(num_examples) and 0 < num_examples <= max_num_examples):
             report.rejected.append(
                 Rejection(
-                    site, f"num-examples is {num_examples} (accepted: 1..{max_num_examples:g})"
+                    site, f"num-examples is {num_examples:g} (accepted: 1..{max_num_examples:g})"
                 )
             )
             continue
