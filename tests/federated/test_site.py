@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from faults import corrupt
 
 from fedcmr4d.config import load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
@@ -15,7 +16,6 @@ from fedcmr4d.errors import ConfigError
 from fedcmr4d.federated.init_weights import initial_weights
 from fedcmr4d.federated.settings import SiteSettings
 from fedcmr4d.federated.site import round_seed, train_round
-from faults import corrupt
 
 ROUNDS = {"autoencoder": 1, "diffusion": 1}
 
@@ -64,8 +64,8 @@ def test_corruptions_spoil_what_they_say() -> None:
 
 
 def test_no_test_hooks_in_production_config_or_site_code() -> None:
-    import fedcmr4d.federated.site as site_module
     import fedcmr4d.federated.settings as settings_module
+    import fedcmr4d.federated.site as site_module
 
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
     for text in (pyproject, Path(site_module.__file__).read_text(),
