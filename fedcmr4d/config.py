@@ -160,17 +160,28 @@ class FederationConfig(_Strict):
         "fedavg"
     )
     proximal_mu: float = Field(0.0, ge=0)
-    min_nodes: int = Field(1, ge=1)
+    min_nodes: int = Field(
+        2, ge=1, description="sites connected before a round starts (2: no single-site model)"
+    )
+    min_accepted: int = Field(
+        2,
+        ge=1,
+        description="quorum: a round with fewer accepted updates is not counted or checkpointed",
+    )
     fraction_train: float = Field(1.0, gt=0, le=1)
     max_update_norm_ratio: float = Field(10.0, gt=1, description="reject updates this far out")
+    max_update_norm: float = Field(
+        1.0,
+        gt=0,
+        description="reject an update whose distance to the global model exceeds this multiple "
+        "of the global model's L2 norm (holds for a single reply)",
+    )
+    max_num_examples: int = Field(
+        1_000_000, ge=1, description="reject a reply claiming more training subjects"
+    )
     server_lr: float = Field(0.01, gt=0, description="FedAdam server learning rate (eta)")
     trimmed_beta: float = Field(0.2, ge=0, lt=0.5, description="FedTrimmedAvg cut per side")
     krum_malicious: int = Field(0, ge=0, description="Krum: sites assumed malicious")
-    central_dp: Literal["off", "fixed", "adaptive"] = Field(
-        "off", description="server-side clipping + noise of site updates (site-level DP)"
-    )
-    central_dp_noise_multiplier: float = Field(0.1, ge=0)
-    central_dp_clipping_norm: float = Field(1.0, gt=0, description="fixed / initial clip norm")
 
     def rounds(self, stage: Stage) -> int:
         """Planned rounds of ``stage`` (``rounds_autoencoder`` / ``rounds_diffusion``)."""

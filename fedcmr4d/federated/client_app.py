@@ -12,6 +12,11 @@ simulation, ``cohort-root``/``state-root``) and ``arrays`` (global weights); sta
 also carry the digest of the aggregated stage-1 model (``autoencoder-ref``), with which each
 site encodes its own data to latents locally, and the model's arrays (``autoencoder``) the first
 time a site needs it (see :mod:`fedcmr4d.federated.stage1_delivery`).
+
+Before training, every message is checked against the site's own privacy policy (node config;
+:mod:`fedcmr4d.privacy.policy`). What a reply may carry, and how errors are reported (a
+category and an id, never the exception's text), is decided in one place for every handler:
+:func:`fedcmr4d.federated.outbound.outbound_mod`, installed on the whole app.
 """
 
 from __future__ import annotations
@@ -26,11 +31,12 @@ from flwr.clientapp import ClientApp
 from fedcmr4d.config import Config, config_from_dict
 from fedcmr4d.errors import ConfigError
 from fedcmr4d.federated import site as site_ops
+from fedcmr4d.federated.outbound import outbound_mod
 from fedcmr4d.federated.records import metrics_to_record, record_to_weights, weights_to_record
 from fedcmr4d.federated.settings import TRAIN_STAGES, SiteSettings
 from fedcmr4d.federated.stage1_delivery import site_autoencoder
 
-app = ClientApp()
+app = ClientApp(mods=[outbound_mod])
 
 
 def _job(msg: Message, context: Context) -> tuple[str, Config, SiteSettings, Any]:
@@ -48,6 +54,13 @@ def _job(msg: Message, context: Context) -> tuple[str, Config, SiteSettings, Any
 def _reply(msg: Message, site: SiteSettings, **records: Any) -> Message:
     content = RecordDict({**records, "site": ConfigRecord({"name": site.name})})
     return Message(content, reply_to=msg)
+
+
+def _privacy_record(cfg: Config, site: SiteSettings) -> dict[str, ConfigRecord]:
+    """``{"privacy": {"accountant"}}`` for a reply under DP (the coordinator records it)."""
+    if not site.policy.dp_required(cfg):
+        return {}
+    return {"privacy": ConfigRecord({"accountant": cfg.privacy.accountant})}
 
 
 @app.train()
@@ -70,7 +83,13 @@ def train(msg: Message, context: Context) -> Message:
         server_round=int(config["server-round"]),  # type: ignore[arg-type]
         proximal_mu=float(config.get("proximal-mu", 0.0)),  # type: ignore[arg-type]
     )
-    return _reply(msg, site, arrays=weights_to_record(weights), metrics=metrics_to_record(metrics))
+    return _reply(
+        msg,
+        site,
+        arrays=weights_to_record(weights),
+        metrics=metrics_to_record(metrics),
+        **_privacy_record(cfg, site),
+    )
 
 
 @app.evaluate()
@@ -79,7 +98,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     stage, cfg, site, autoencoder = _job(msg, context)
     global_weights = record_to_weights(msg.content.array_records["arrays"])
     metrics = site_ops.evaluate_round(stage, cfg, site, global_weights, autoencoder)
-    return _reply(msg, site, metrics=metrics_to_record(metrics))
+    return _reply(msg, site, metrics=metrics_to_record(metrics), **_privacy_record(cfg, site))
 
 
 @app.query("audit")
@@ -97,3 +116,15 @@ def audit(msg: Message, context: Context) -> Message:
         json.loads(str(config["grid"])),
     )
     return _reply(msg, site, audit=ConfigRecord({"result": json.dumps(result)}))
+
+
+def build_app(mods: list[Any]) -> ClientApp:
+    """This module's handlers on a new ClientApp, with ``mods`` outside :func:`outbound_mod`.
+
+    For the simulation, which gives each virtual site its node config through a mod.
+    """
+    built = ClientApp(mods=[*mods, outbound_mod])
+    built.train()(train)
+    built.evaluate()(evaluate)
+    built.query("audit")(audit)
+    return built

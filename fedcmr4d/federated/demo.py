@@ -91,6 +91,20 @@ def write_sites(options: DemoOptions, cfg: Config, say: Say) -> Path:
     return root
 
 
+def demo_site_policies(cfg: Config) -> dict[int, dict[str, Any]]:
+    """Each phantom site's own policy (the demo plays every site): DP configs get a DP policy."""
+    p = cfg.privacy
+    if not p.enabled:
+        return {}
+    policy = {
+        "require-dp": True,
+        "target-epsilon": p.target_epsilon,
+        "max-grad-norm": p.max_grad_norm,
+        "accountant": p.accountant,
+    }
+    return {i: dict(policy) for i in range(len(VENDORS))}
+
+
 def run_demo(options: DemoOptions, say: Say) -> DemoResult:
     """Run every step; return what the summary table shows."""
     started = time.monotonic()
@@ -121,6 +135,7 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
         settings,
         progress=lambda line: say(f"  {line}"),
         backend_config=simulation_backend(num_cpus=1, total_cpus=min(2, os.cpu_count() or 1)),
+        node_configs=demo_site_policies(cfg),
     )
     fed = Path(settings.out_dir)
     _federation_rows(result, state.history, fed)

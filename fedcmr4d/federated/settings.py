@@ -22,16 +22,14 @@ key                          meaning
 ``synthetic-dir``            stage audit: audit this synthetic cohort instead of sampling one
 ``cohort-root``              simulation only: one cohort folder per site, sorted by name
 ``state-root``               simulation only: per-site state folders are created under it
-``test-corrupt``             TESTS ONLY: ``"<partition-id>:nan|shape|norm|crash"`` items,
-                             comma-separated: those simulated sites corrupt their replies (or
-                             fail), to exercise the coordinator's update checks
-``test-halt-after-round``    TESTS ONLY: stop the ServerApp (as a crash would) after this many
-                             rounds in total have been checkpointed; 0 disables it
 ===========================  =====================================================================
 
 Node config (``flower-supernode --node-config``): ``cohort`` (path), ``holdout-fraction``,
-``device``, ``state-dir``, ``target-epsilon``, ``target-delta``, ``site-name``, and the test-only
-``test-corrupt`` (``nan``, ``shape``, ``norm`` or ``crash``).
+``device``, ``state-dir``, ``site-name`` and the site's privacy policy
+(:mod:`fedcmr4d.privacy.policy`: ``require-dp``, ``target-epsilon``, ``target-delta``,
+``min-noise-multiplier``, ``max-grad-norm``, ``accountant``, ``max-sample-rate``,
+``max-local-steps``, ``max-rounds``). Tests inject faults with their own apps (tests/federated),
+never through these configs.
 """
 
 from __future__ import annotations
@@ -43,10 +41,10 @@ from typing import Any
 
 from fedcmr4d.config import Config, config_from_dict, load_config
 from fedcmr4d.errors import ConfigError
+from fedcmr4d.privacy.policy import SitePolicy
 
 STAGES = ("autoencoder", "diffusion", "audit")
 TRAIN_STAGES = ("autoencoder", "diffusion")
-CORRUPTIONS = ("nan", "shape", "norm", "crash")
 
 ConfigValue = bool | int | float | str
 
@@ -78,8 +76,6 @@ class RunSettings:
     synthetic_dir: str = ""
     cohort_root: str = ""
     state_root: str = ""
-    test_corrupt: str = ""
-    test_halt_after_round: int = 0
 
     @classmethod
     def from_run_config(
@@ -95,7 +91,6 @@ class RunSettings:
             values[known[key].name] = _typed(source, key, value, kind)
         settings = cls(**values)
         settings.stage_list()
-        settings.corrupt_targets()
         return settings
 
     def to_run_config(self) -> dict[str, ConfigValue]:
@@ -125,28 +120,10 @@ class RunSettings:
         fed = cfg.federation
         return fed.rounds_autoencoder if stage == "autoencoder" else fed.rounds_diffusion
 
-    def corrupt_targets(self) -> dict[int, str]:
-        """Partition id -> corruption mode of the test-only ``test-corrupt`` flag."""
-        return parse_corrupt_targets(self.test_corrupt)
-
-
-def parse_corrupt_targets(text: str) -> dict[int, str]:
-    """``"0:nan,2:norm"`` -> {0: "nan", 2: "norm"}; a malformed item raises ConfigError."""
-    targets: dict[int, str] = {}
-    for item in (i.strip() for i in text.split(",") if i.strip()):
-        pid, _, mode = item.partition(":")
-        if not pid.isdigit() or mode not in CORRUPTIONS:
-            raise ConfigError(
-                f"run config: test-corrupt item {item!r}: expected '<partition-id>:"
-                f"{'|'.join(CORRUPTIONS)}', comma-separated"
-            )
-        targets[int(pid)] = mode
-    return targets
-
 
 @dataclass(frozen=True)
 class SiteSettings:
-    """What one site needs to train: where its data and state live and its DP budget.
+    """What one site needs to train: where its data and state live, and its privacy policy.
 
     In deployment every value comes from the SuperNode's node config. In simulation the node
     config only has ``partition-id``/``num-partitions``, so the cohort is the ``partition-id``-th
@@ -158,9 +135,15 @@ class SiteSettings:
     state_dir: Path
     holdout_fraction: float | None = None
     device: str | None = None
-    target_epsilon: float | None = None
-    target_delta: float | None = None
-    corrupt: str = ""
+    policy: SitePolicy = SitePolicy()
+
+    @property
+    def target_epsilon(self) -> float | None:
+        return self.policy.target_epsilon
+
+    @property
+    def target_delta(self) -> float | None:
+        return self.policy.target_delta
 
     @classmethod
     def resolve(
@@ -173,11 +156,8 @@ class SiteSettings:
             name = str(node_config.get("site-name", cohort.name))
             default_state = cohort.parent / f".{cohort.name}-fedcmr4d-state"
             state_dir = Path(str(node_config.get("state-dir", default_state))).expanduser()
-            corrupt = str(node_config.get("test-corrupt", ""))
         else:
-            cohort, name, state_dir, corrupt = _simulated_site(node_config, message_config)
-        if corrupt and corrupt not in CORRUPTIONS:
-            raise ConfigError(f"{src}: test-corrupt {corrupt!r}: choose from {CORRUPTIONS}")
+            cohort, name, state_dir = _simulated_site(node_config, message_config)
 
         def number(key: str) -> float | None:
             value = node_config.get(key)
@@ -189,13 +169,16 @@ class SiteSettings:
             state_dir=state_dir,
             holdout_fraction=number("holdout-fraction"),
             device=str(node_config["device"]) if "device" in node_config else None,
-            target_epsilon=number("target-epsilon"),
-            target_delta=number("target-delta"),
-            corrupt=corrupt,
+            policy=SitePolicy.from_node_config(node_config),
         )
 
     def apply(self, cfg: Config) -> Config:
-        """The coordinator's config with this site's device, holdout fraction and budget."""
+        """The coordinator's config with this site's device, holdout fraction and budget.
+
+        The budget (ε, δ) is always the site's when its policy sets it; every other privacy
+        setting the coordinator sends is checked against the policy before training
+        (:meth:`SitePolicy.check_plan`), not taken on trust.
+        """
         tree = cfg.model_dump(mode="json")
         if self.holdout_fraction is not None:
             tree["data"]["holdout_fraction"] = self.holdout_fraction
@@ -210,7 +193,7 @@ class SiteSettings:
 
 def _simulated_site(
     node_config: Mapping[str, ConfigValue], message_config: Mapping[str, Any]
-) -> tuple[Path, str, Path, str]:
+) -> tuple[Path, str, Path]:
     if "partition-id" not in node_config:
         raise ConfigError(
             "node config: set cohort=<path to this site's cohort> (see sites/site.toml)"
@@ -227,5 +210,4 @@ def _simulated_site(
         )
     cohort = folders[pid]
     state_root = str(message_config.get("state-root", "")) or str(Path(root).parent / "site-state")
-    corrupt = parse_corrupt_targets(str(message_config.get("test-corrupt", ""))).get(pid, "")
-    return cohort, cohort.name, Path(state_root) / cohort.name, corrupt
+    return cohort, cohort.name, Path(state_root) / cohort.name

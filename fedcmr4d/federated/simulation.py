@@ -2,21 +2,45 @@
 
 Used by ``fedcmr4d demo`` and the tests. The Simulation Engine gives each virtual SuperNode only
 ``partition-id``/``num-partitions`` as node config, so the sites' cohorts are the sorted folders
-of ``settings.cohort_root`` and their state folders go under ``settings.state_root``. Ray runs the
-ClientApps; it is started for the run and shut down afterwards, so no daemon is left behind.
+of ``settings.cohort_root`` and their state folders go under ``settings.state_root``. What a real
+site's ``[node-config]`` would hold beyond that (its privacy policy above all) is passed per
+site as ``node_configs`` and given to the ClientApp by a mod, as ``flower-supernode
+--node-config`` would. Ray runs the ClientApps; it is started for the run and shut down
+afterwards, so no daemon is left behind.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fedcmr4d.errors import ConfigError
+from fedcmr4d.federated.coordinator import Coordinator
 from fedcmr4d.federated.server_app import Progress, make_server_app
 from fedcmr4d.federated.settings import RunSettings
 from fedcmr4d.federated.state import ServerState, load_snapshot
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
+
+NodeConfigs = Mapping[int, Mapping[str, Any]]
+
+
+def simulated_client_app(node_configs: NodeConfigs | None = None) -> ClientApp:
+    """The site ClientApp with each simulated site's own node config (see module docstring).
+
+    Args:
+        node_configs: partition id -> node config items (e.g. the site's privacy policy).
+    """
+    from fedcmr4d.federated import client_app as production
+    from fedcmr4d.federated.outbound import node_config_mod
+
+    if not node_configs:
+        return production.app
+    return production.build_app([node_config_mod(node_configs)])
 
 
 def simulation_backend(num_cpus: int = 1, total_cpus: int | None = None) -> dict[str, Any]:
@@ -35,6 +59,9 @@ def run_simulated_federation(
     progress: Progress | None = None,
     backend_config: dict[str, Any] | None = None,
     quiet: bool = True,
+    node_configs: NodeConfigs | None = None,
+    client_app: ClientApp | None = None,
+    coordinator: type[Coordinator] = Coordinator,
 ) -> ServerState:
     """Run the planned stages over ``num_sites`` simulated sites and return the final state.
 
@@ -44,6 +71,10 @@ def run_simulated_federation(
         progress: called with one line per round / stage.
         backend_config: Ray settings (default: :func:`simulation_backend`).
         quiet: turn Flower's own INFO logging down to warnings.
+        node_configs: partition id -> that site's node config items (its privacy policy).
+        client_app: the sites' app, used as given (default: the production ClientApp with
+            ``node_configs``).
+        coordinator: the round loop (default: :class:`Coordinator`).
     """
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -62,8 +93,7 @@ def run_simulated_federation(
 
     from flwr.simulation import run_simulation
 
-    from fedcmr4d.federated.client_app import app as client_app
-
+    sites_app = client_app if client_app is not None else simulated_client_app(node_configs)
     flwr_logger = logging.getLogger("flwr")
     level, propagate = flwr_logger.level, flwr_logger.propagate
     known = _KnownNoticeFilter()
@@ -73,8 +103,8 @@ def run_simulated_federation(
         flwr_logger.addFilter(known)
     try:
         run_simulation(
-            server_app=make_server_app(settings, progress),
-            client_app=client_app,
+            server_app=make_server_app(settings, progress, coordinator),
+            client_app=sites_app,
             num_supernodes=num_sites,
             backend_config=backend_config or simulation_backend(),  # type: ignore[arg-type]
         )

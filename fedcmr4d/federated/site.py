@@ -2,8 +2,10 @@
 
 The ClientApp (``client_app.py``) turns Flower messages into calls of these functions. Each call
 builds a :class:`~fedcmr4d.train.trainer.StageTrainer` on the site's own cohort with the
-coordinator's config (plus the site's own device, holdout fraction and DP budget), loads the
-global weights, and returns weights or metrics. Only parameters and numbers leave the site.
+coordinator's config (plus the site's own device, holdout fraction and DP budget), checks the
+message against the site's privacy policy (:mod:`fedcmr4d.privacy.policy`) before it reads any
+data, loads the global weights, and returns weights or metrics. What may leave the site is
+enforced in one place, :mod:`fedcmr4d.federated.outbound`.
 """
 
 from __future__ import annotations
@@ -38,18 +40,18 @@ def open_privacy(
 ) -> Any:
     """The site's DP ledger and budget (None without ``privacy.enabled``).
 
-    The ledger lives in ``<state-dir>/privacy-ledger.json``, so ε accumulates across rounds and
-    stages at this site, whatever the coordinator does.
+    The ledger is the cohort's own (``<cohort>/.fedcmr4d/privacy-ledger.json``), shared with
+    local ``fedcmr4d train`` runs on the same cohort, so ε accumulates across rounds, stages and
+    runs at this site, whatever the coordinator does.
     """
     if not cfg.privacy.enabled:
         return None
     from fedcmr4d.privacy.site import SitePrivacy
 
-    site.state_dir.mkdir(parents=True, exist_ok=True)
     return SitePrivacy.open(
         cfg,
         n_subjects,
-        state_path=site.state_dir / "privacy-ledger.json",
+        cohort=site.cohort,
         rounds=rounds,
         site=site.name,
         target_epsilon=site.target_epsilon,
@@ -77,25 +79,6 @@ def make_trainer(
         autoencoder_weights=autoencoder,
         privacy=privacy,
     )
-
-
-def corrupt(weights: Weights, mode: str) -> Weights:
-    """TESTS ONLY: spoil an update the way a faulty or hostile site might.
-
-    ``nan`` puts a NaN in the first tensor, ``shape`` drops the last element of the first tensor,
-    ``norm`` adds 1e6 to every parameter (``crash`` is handled in :func:`train_round`: the site
-    raises). Enabled by the run config ``test-corrupt`` or the node config ``test-corrupt``; it
-    exists so tests can check the coordinator's update checks.
-    """
-    out = {k: v.clone() for k, v in weights.items()}
-    first = next(iter(out))
-    if mode == "nan":
-        out[first].view(-1)[0] = float("nan")
-    elif mode == "shape":
-        out[first] = out[first].reshape(-1)[:-1].clone()
-    elif mode == "norm":
-        out = {k: v + 1e6 if v.is_floating_point() else v for k, v in out.items()}
-    return out
 
 
 def add_proximal_term(trainer: Any, global_weights: Weights, mu: float) -> None:
@@ -153,12 +136,16 @@ def train_round(
         ``epsilon``/``delta`` under DP: the site's ledger is saved by the trainer's privacy hook).
 
     Raises:
+        PolicyRefusal: the message breaks the site's policy (nothing read, trained or spent).
         BudgetExhaustedError: this round would pass the site's privacy budget (nothing is sent).
     """
-    if site.corrupt == "crash":
-        raise RuntimeError(f"site {site.name}: test-corrupt=crash (a simulated site failure)")
+    site.policy.check_plan(cfg, stage, rounds=rounds, server_round=server_round)
     train_ids, _ = site_subjects(site, cfg)
     privacy = open_privacy(stage, cfg, site, len(train_ids), rounds)
+    if privacy is not None:
+        site.policy.check_sample_rate(getattr(cfg.train, stage).batch_size, len(train_ids))
+        start_step = (server_round - 1) * cfg.round_steps(stage)
+        site.policy.check_noise(privacy.noise_multiplier(stage, start_step))
     trainer = make_trainer(stage, cfg, site, train_ids, autoencoder, privacy)
     trainer.set_weights(global_weights)
     if proximal_mu > 0:
@@ -168,11 +155,8 @@ def train_round(
     steps = cfg.round_steps(stage)
     trainer.global_step = (server_round - 1) * steps
     torch.manual_seed(round_seed(cfg, site.name, stage, server_round))
-    metrics = releasable_metrics(trainer.train(steps), dp=cfg.privacy.enabled)
-    weights = trainer.get_weights()
-    if site.corrupt:
-        weights = corrupt(weights, site.corrupt)
-    return weights, metrics
+    metrics = releasable_metrics(trainer.train(steps), dp=site.policy.dp_required(cfg))
+    return trainer.get_weights(), metrics
 
 
 def evaluate_round(
@@ -194,7 +178,7 @@ def evaluate_round(
     trainer.set_weights(global_weights)
     metrics = dict(trainer.evaluate(holdout_ids))
     metrics.setdefault("num-examples", len(holdout_ids))
-    return releasable_metrics(metrics, dp=cfg.privacy.enabled)
+    return releasable_metrics(metrics, dp=site.policy.dp_required(cfg))
 
 
 def audit_site(

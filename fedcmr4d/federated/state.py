@@ -39,7 +39,9 @@ class ServerState:
         run_config: the run config that started the run (kebab-case keys).
         config_yaml: the resolved training config sent to every site.
         history: one metrics row per completed round, across stages, in order.
-        strategy_scalars: scalar strategy state (e.g. an adaptive clipping norm).
+        strategy_scalars: scalar strategy state (e.g. FedOpt's scalars).
+        declared_examples: site name -> the ``num-examples`` it declared in its first
+            accepted training reply (later replies must match it).
     """
 
     stage: str
@@ -49,6 +51,7 @@ class ServerState:
     config_yaml: str = ""
     history: list[dict[str, Any]] = field(default_factory=list)
     strategy_scalars: dict[str, float] = field(default_factory=dict)
+    declared_examples: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -117,9 +120,9 @@ def load_snapshot(out_dir: Path) -> Snapshot | None:
 def check_resumable(snapshot: Snapshot, run_config: dict[str, Any], config_yaml: str) -> None:
     """Refuse to resume a run whose stages, rounds or training config changed.
 
-    Only ``resume`` and the test-only halt flag may differ between the first start and a resume.
+    Only ``resume`` may differ between the first start and a resume.
     """
-    volatile = {"resume", "test-halt-after-round"}
+    volatile = {"resume"}
     before = {k: v for k, v in snapshot.state.run_config.items() if k not in volatile}
     now = {k: v for k, v in run_config.items() if k not in volatile}
     changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))

@@ -2,10 +2,12 @@
 
 FedAvg weights sites by ``num-examples``. FedAdam (server-side adaptive optimiser) helps when
 sites differ by vendor; FedProx sends ``proximal-mu`` to the sites. FedTrimmedAvg, FedMedian and
-Krum are robust aggregators. ``federation.central_dp`` wraps any of them in Flower's server-side
-DP wrappers (fixed or adaptive clipping of each site's update, Gaussian noise on the sum): that
-is *site-level* DP, it protects which sites took part, not individual patients (that is the
-sites' Opacus DP-SGD, ``privacy.enabled``).
+Krum are robust aggregators.
+
+There is no central (server-side) DP option: it was removed (docs/privacy.md, "Central DP was
+removed"). Flower's wrappers assumed ``min_nodes`` sampled sites whatever was aggregated, took
+the weighted mean (which breaks their sensitivity bound) and reported no ε; and the privacy a
+hospital needs is its patients', which each site's own DP-SGD gives.
 """
 
 from __future__ import annotations
@@ -16,8 +18,6 @@ from typing import Any
 import numpy as np
 from flwr.app import MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideAdaptiveClipping,
-    DifferentialPrivacyServerSideFixedClipping,
     FedAdam,
     FedAvg,
     FedMedian,
@@ -83,29 +83,11 @@ def build_strategy(fed: FederationConfig, *, evaluate: bool = False) -> Strategy
         "fedmedian": lambda: FedMedian(**common),
         "krum": lambda: Krum(**common, num_malicious_nodes=fed.krum_malicious),
     }
-    strategy = makers[fed.strategy]()
-    if fed.central_dp == "fixed":
-        return DifferentialPrivacyServerSideFixedClipping(
-            strategy,
-            noise_multiplier=fed.central_dp_noise_multiplier,
-            clipping_norm=fed.central_dp_clipping_norm,
-            num_sampled_clients=fed.min_nodes,
-        )
-    if fed.central_dp == "adaptive":
-        return DifferentialPrivacyServerSideAdaptiveClipping(
-            strategy,
-            noise_multiplier=fed.central_dp_noise_multiplier,
-            num_sampled_clients=fed.min_nodes,
-            initial_clipping_norm=fed.central_dp_clipping_norm,
-            # Flower needs the clipped-count noise above half the noise multiplier; its default
-            # (sites / 20) is too low for small consortia.
-            clipped_count_stddev=max(fed.min_nodes / 20, fed.central_dp_noise_multiplier),
-        )
-    return strategy
+    return makers[fed.strategy]()
 
 
-# Attributes that carry a strategy's memory between rounds: FedOpt moments, the adaptive
-# clipping norm. Everything else is rebuilt from the config.
+# Attributes that carry a strategy's memory between rounds: FedOpt moments (and a wrapper's
+# clipping norm, if one is ever used again). Everything else is rebuilt from the config.
 _ARRAY_STATE = ("m_t", "v_t")
 _SCALAR_STATE = ("clipping_norm",)
 

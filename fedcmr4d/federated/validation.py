@@ -1,10 +1,15 @@
 """Server-side checks of site updates before aggregation.
 
-A site's reply is rejected (and the round goes on with the rest) when its weights do not match
-the global model's keys, shapes or dtypes, contain NaN/Inf, or move the model much further than
-the other sites do. The last check compares each update's L2 norm ``||w_site - w_global||`` with
-the median norm of the *other* accepted updates, so that with only two sites a single huge update
-is still caught (a median over both would be dragged up by it).
+A site's reply is rejected (and the round goes on with the rest) when
+
+- its ``num-examples`` is not a finite number in (0, ``max_num_examples``], or differs from what
+  the site declared in its first round (a site claiming 10^12 subjects would dominate FedAvg);
+- its weights do not match the global model's keys, shapes or dtypes, or contain NaN/Inf;
+- its update moves the model further than ``max_update_norm`` x ``||w_global||`` (an absolute
+  bar: it holds for a single reply);
+- its update norm ``||w_site - w_global||`` is over ``max_norm_ratio`` x the median norm of the
+  *other* updates, so that with only two sites a single huge update is still caught (a median
+  over both would be dragged up by it).
 """
 
 from __future__ import annotations
@@ -71,6 +76,9 @@ def validate_updates(
     updates: Sequence[tuple[str, Mapping[str, np.ndarray], float]],
     *,
     max_norm_ratio: float,
+    max_update_norm: float = math.inf,
+    max_num_examples: float = math.inf,
+    declared_examples: Mapping[str, float] | None = None,
 ) -> ValidationReport:
     """Check every site update; the caller aggregates only ``report.accepted``.
 
@@ -79,22 +87,56 @@ def validate_updates(
         updates: (site label, returned weights, num-examples) per reply.
         max_norm_ratio: reject an update whose norm exceeds this multiple of the median norm of
             the other structurally valid updates (``federation.max_update_norm_ratio``).
+        max_update_norm: reject an update whose norm exceeds this multiple of the global
+            model's L2 norm (``federation.max_update_norm``), whatever the other sites sent.
+        max_num_examples: the largest ``num-examples`` accepted (``federation.max_num_examples``).
+        declared_examples: site label -> the ``num-examples`` it declared in its first round.
 
     Returns:
         A report listing accepted site labels, rejections with reasons, and update norms.
     """
     report = ValidationReport()
     fitting: dict[str, float] = {}
+    declared = dict(declared_examples or {})
+    global_norm = math.sqrt(
+        sum(float(np.dot(r.astype(np.float64).ravel(), r.astype(np.float64).ravel()))
+            for r in reference.values())
+    )  # fmt: skip
+    absolute_bar = max_update_norm * global_norm
     for site, weights, num_examples in updates:
-        if not (math.isfinite(num_examples) and num_examples > 0):
-            report.rejected.append(Rejection(site, f"num-examples is {num_examples}"))
+        if not (math.isfinite(num_examples) and 0 < num_examples <= max_num_examples):
+            report.rejected.append(
+                Rejection(
+                    site, f"num-examples is {num_examples:g} (accepted: 1..{max_num_examples:g})"
+                )
+            )
+            continue
+        if site in declared and num_examples != declared[site]:
+            report.rejected.append(
+                Rejection(
+                    site,
+                    f"num-examples is {num_examples:g}, the site declared {declared[site]:g} "
+                    "in its first round",
+                )
+            )
             continue
         problem = structural_problem(reference, weights)
         if problem is not None:
             report.rejected.append(Rejection(site, problem))
             continue
-        fitting[site] = update_norm(reference, weights)
-    report.update_norms = dict(fitting)
+        norm = update_norm(reference, weights)
+        if norm > absolute_bar:
+            report.update_norms[site] = norm
+            report.rejected.append(
+                Rejection(
+                    site,
+                    f"update norm {norm:.4g} is over {max_update_norm:g} x the global model's "
+                    f"norm {global_norm:.4g} (federation.max_update_norm)",
+                )
+            )
+            continue
+        fitting[site] = norm
+    report.update_norms |= fitting
     for site, norm in fitting.items():
         others = [n for s, n in fitting.items() if s != site]
         bar = float(np.median(others)) * max_norm_ratio if others else math.inf

@@ -25,9 +25,12 @@ from typing import Any
 from opacus.accountants import IAccountant, create_accountant
 
 from fedcmr4d.errors import ConfigError, InputError
-from fedcmr4d.io import atomic_write_json
+from fedcmr4d.io import atomic_write_json, atomic_write_text, sha256_file
 
 PRIVACY_FILE = "privacy.json"
+LEDGER_DIR = ".fedcmr4d"  # inside the cohort folder: the ledger travels with the data it covers
+LEDGER_FILE = "privacy-ledger.json"
+MARKER_FILE = "ledger-created"
 STATE_VERSION = 1
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 
@@ -118,6 +121,8 @@ class SiteAccountant:
         self.state_path = Path(state_path) if state_path is not None else None
         self.segments: list[Segment] = []
         self.derived_noise: dict[str, float] = {}  # stage -> σ derived from the budget, kept
+        self.cohort_id: str | None = None  # SHA-256 of the cohort.json this ledger covers
+        self.marker_path: Path | None = None  # written with the first save (see open_cohort_ledger)
 
     def step(
         self, *, stage: str, sample_rate: float, noise_multiplier: float, max_grad_norm: float
@@ -153,6 +158,7 @@ class SiteAccountant:
             "privacy_unit": "subject",
             "segments": [asdict(s) for s in self.segments],
             "derived_noise_multiplier": dict(self.derived_noise),
+            "cohort_id": self.cohort_id,
         }
 
     def metrics(self) -> dict[str, float]:
@@ -170,6 +176,9 @@ class SiteAccountant:
             raise ValueError("SiteAccountant.save: no path given and no state_path set")
         target.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(target, self.state_dict())
+        if self.marker_path is not None and target == self.state_path:
+            if not self.marker_path.exists():
+                atomic_write_text(self.marker_path, f"{self.cohort_id}\n")
         return target
 
     def write_report(self, out_dir: str | Path) -> Path:
@@ -229,4 +238,57 @@ class SiteAccountant:
         ledger.segments = segments
         derived = state.get("derived_noise_multiplier") or {}
         ledger.derived_noise = {str(k): float(v) for k, v in derived.items()}
+        cohort_id = state.get("cohort_id")
+        ledger.cohort_id = str(cohort_id) if cohort_id else None
         return ledger
+
+
+def cohort_identity(cohort_dir: str | Path) -> str:
+    """The cohort's identity: SHA-256 of its ``cohort.json`` (subjects, spacing, provenance)."""
+    index = Path(cohort_dir) / "cohort.json"
+    if not index.is_file():
+        raise InputError(f"{index}: missing; a privacy ledger belongs to a cohort folder")
+    return sha256_file(index)
+
+
+def cohort_ledger_path(cohort_dir: str | Path) -> Path:
+    """``<cohort>/.fedcmr4d/privacy-ledger.json``: the one ledger of this cohort."""
+    return Path(cohort_dir) / LEDGER_DIR / LEDGER_FILE
+
+
+def open_cohort_ledger(
+    cohort_dir: str | Path, *, accountant: str, delta: float, target_epsilon: float
+) -> SiteAccountant:
+    """The cohort's ledger, shared by local ``fedcmr4d train`` runs and federated rounds.
+
+    A new ledger is created only for a cohort that never had one. Refused (InputError): a
+    ledger whose cohort identity differs from the folder's ``cohort.json`` (the data changed
+    under it), and a missing ledger where ``.fedcmr4d/ledger-created`` says one existed (a
+    deleted or lost ledger would restart ε at 0). A new dataset is a new cohort folder
+    (``fedcmr4d preprocess --out NEW``), which gets its own ledger.
+    """
+    path = cohort_ledger_path(cohort_dir)
+    marker = path.parent / MARKER_FILE
+    identity = cohort_identity(cohort_dir)
+    if path.is_file():
+        ledger = SiteAccountant.load(
+            path, accountant=accountant, delta=delta, target_epsilon=target_epsilon
+        )
+        if ledger.cohort_id != identity:
+            raise InputError(
+                f"{path}: this privacy ledger belongs to cohort {ledger.cohort_id}, but "
+                f"{Path(cohort_dir) / 'cohort.json'} now hashes to {identity}; refusing to mix "
+                "budgets. A new dataset needs a new cohort folder (docs/privacy.md, Resetting)"
+            )
+    elif marker.exists():
+        raise InputError(
+            f"{path}: missing, but {marker} says this cohort's ledger was created; refusing to "
+            "start again at ε = 0. Restore the ledger from backup (docs/privacy.md, Resetting)"
+        )
+    else:
+        ledger = SiteAccountant(
+            accountant=accountant, delta=delta, target_epsilon=target_epsilon, state_path=path
+        )
+        ledger.cohort_id = identity
+    ledger.marker_path = marker
+    return ledger

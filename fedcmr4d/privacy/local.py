@@ -1,8 +1,10 @@
 """The privacy hook for single-site training (``fedcmr4d train autoencoder|diffusion``).
 
-The ledger lives in ``<out>/privacy.json`` (DESIGN.md): it is saved after every chunk of steps,
-so ``--resume`` continues it. Stage 2 starts from stage 1's ``privacy.json`` (the
-``--autoencoder`` folder), so the diffusion output's ε covers both stages, as a site's would.
+The ledger is the cohort's own (``<cohort>/.fedcmr4d/privacy-ledger.json``, see
+:func:`fedcmr4d.privacy.accounting.open_cohort_ledger`): the same one federated rounds on that
+cohort spend from, so a site's ε is one number whatever ran, and a new ``--out`` folder does not
+start again at ε = 0. After every chunk of steps the run also writes ``<out>/privacy.json``
+(DESIGN.md): the cohort ledger's state after this run, ε over everything spent on the cohort.
 """
 
 from __future__ import annotations
@@ -34,21 +36,19 @@ def local_site_privacy(
 
     ids = open_cohort(data_dir).subject_ids
     train_ids, _ = split_subjects(ids, cfg.data.holdout_fraction, cfg.seed)
-    initial = None
     if Stage.parse(stage) is Stage.DIFFUSION and autoencoder_dir is not None:
-        initial = Path(autoencoder_dir) / PRIVACY_FILE
-        if not initial.is_file():
+        if not (Path(autoencoder_dir) / PRIVACY_FILE).is_file():
             log.warning(
-                "%s: no %s: the autoencoder was not trained under DP at this site; the "
-                "diffusion run's ε covers stage 2 only",
+                "%s: no %s: the autoencoder was not trained under DP at this site; ε does not "
+                "cover it",
                 autoencoder_dir,
                 PRIVACY_FILE,
             )
     return SitePrivacy.open(
         cfg,
         len(train_ids),
-        state_path=Path(out_dir) / PRIVACY_FILE,
-        site=str(out_dir),
-        initial_state=initial,
+        cohort=data_dir,
+        report_dir=out_dir,
+        site=Path(out_dir).name,
         local_total_steps=cfg.train.stage(Stage.parse(stage)).steps,
     )

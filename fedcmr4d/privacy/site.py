@@ -20,7 +20,13 @@ from torch import nn
 
 from fedcmr4d.config import Config
 from fedcmr4d.errors import ConfigError
-from fedcmr4d.privacy.accounting import PRIVACY_FILE, Segment, SiteAccountant, default_delta
+from fedcmr4d.privacy.accounting import (
+    PRIVACY_FILE,
+    Segment,
+    SiteAccountant,
+    default_delta,
+    open_cohort_ledger,
+)
 from fedcmr4d.privacy.budget import check_budget, derive_noise_multiplier
 from fedcmr4d.privacy.engine import SubjectDP
 from fedcmr4d.privacy.guards import check_dp_model
@@ -102,6 +108,7 @@ class SitePrivacy:
         self.local_total_steps = local_total_steps
         self.seed = seed
         self.engines: dict[str, SubjectDP] = {}
+        self.report_dir: Path | None = None  # where save() also writes privacy.json (local runs)
 
     @classmethod
     def open(
@@ -110,6 +117,8 @@ class SitePrivacy:
         n_subjects: int,
         *,
         state_path: str | Path | None = None,
+        cohort: str | Path | None = None,
+        report_dir: str | Path | None = None,
         rounds: Mapping[str, int] | None = None,
         site: str = "site",
         target_epsilon: float | None = None,
@@ -118,16 +127,33 @@ class SitePrivacy:
         local_total_steps: int | None = None,
         seed: int | None = None,
     ) -> SitePrivacy:
-        """Load the site's ledger from ``state_path`` if it exists, else start a new one.
+        """Open the site's ledger: the cohort's, or the one at ``state_path``.
 
+        ``cohort`` (the normal case: local and federated training) uses the cohort's own ledger
+        (:func:`~fedcmr4d.privacy.accounting.open_cohort_ledger`), so every run on that cohort
+        spends from one budget. ``state_path`` (tests, tools) loads that file if it exists, else
+        starts a new ledger there; ``initial_state`` then seeds a new one.
         ``target_epsilon``/``target_delta`` (a site's own node config) override the config's.
-        ``initial_state`` (e.g. the stage-1 output's ``privacy.json`` for local stage-2 training)
-        seeds a new ledger when ``state_path`` does not exist yet.
+        ``report_dir``: :meth:`save` also writes ``<report_dir>/privacy.json`` (DESIGN.md).
         """
         p = cfg.privacy
         epsilon = float(target_epsilon if target_epsilon is not None else p.target_epsilon)
         delta_cfg = target_delta if target_delta is not None else p.target_delta
         delta = float(delta_cfg) if delta_cfg is not None else default_delta(n_subjects)
+        if cohort is not None:
+            privacy = cls(
+                cfg,
+                open_cohort_ledger(
+                    cohort, accountant=p.accountant, delta=delta, target_epsilon=epsilon
+                ),
+                n_subjects=n_subjects,
+                rounds=rounds,
+                site=site,
+                local_total_steps=local_total_steps,
+                seed=seed,
+            )
+            privacy.report_dir = Path(report_dir) if report_dir is not None else None
+            return privacy
         path = Path(state_path) if state_path is not None else None
         source = path if path is not None and path.is_file() else None
         if source is None and initial_state is not None and Path(initial_state).is_file():
@@ -261,8 +287,11 @@ class SitePrivacy:
         return self.ledger.metrics()
 
     def save(self) -> Path | None:
-        """Persist the ledger to the site's state file, if it has one."""
-        return self.ledger.save() if self.ledger.state_path is not None else None
+        """Persist the ledger (and the run's ``privacy.json`` copy, if it has a report folder)."""
+        saved = self.ledger.save() if self.ledger.state_path is not None else None
+        if self.report_dir is not None:
+            self.write_report(self.report_dir)
+        return saved
 
     def write_report(self, out_dir: str | Path) -> Path:
         """Write ``<out_dir>/privacy.json`` (DESIGN.md shape)."""

@@ -36,3 +36,14 @@ def two_sites(tmp_path: Path) -> Path:
 def site_maker() -> Callable[..., Path]:
     """``make_sites`` for tests that need other vendors or sizes."""
     return make_sites
+
+
+@pytest.fixture
+def flower_identity():
+    """Messages need the identity a Flower runtime gives its process; set one for the test."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+    yield
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved

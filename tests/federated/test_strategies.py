@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import (
-    DifferentialPrivacyServerSideAdaptiveClipping,
     FedAdam,
     FedAvg,
     FedMedian,
@@ -16,6 +15,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedcmr4d.config import FederationConfig
+from fedcmr4d.errors import ConfigError
 from fedcmr4d.federated.strategies import (
     aggregate_metrics,
     build_strategy,
@@ -41,11 +41,19 @@ def test_factory_builds_each_strategy(name: str, kind: type) -> None:
     assert strategy.min_available_nodes == 2  # type: ignore[attr-defined]
 
 
-def test_central_dp_wraps_the_strategy() -> None:
-    fed = FederationConfig(strategy="fedavg", central_dp="adaptive", min_nodes=3)
-    strategy = build_strategy(fed)
-    assert isinstance(strategy, DifferentialPrivacyServerSideAdaptiveClipping)
-    assert isinstance(strategy.strategy, FedAvg)
+def test_central_dp_was_removed_and_its_keys_are_refused() -> None:
+    """Central DP is gone (docs/privacy.md): a config still asking for it is an error."""
+    from fedcmr4d.config import load_config
+
+    for key in ("central_dp=adaptive", "central_dp_clipping_norm=0.7"):
+        with pytest.raises(ConfigError, match="central_dp"):
+            load_config("tiny", [f"federation.{key}"])
+    assert type(build_strategy(FederationConfig(strategy="fedavg"))) is FedAvg
+
+
+def test_deployment_defaults_need_two_sites() -> None:
+    fed = FederationConfig()
+    assert fed.min_nodes >= 2 and fed.min_accepted >= 2
 
 
 def _reply(loss: float, examples: float, epsilon: float) -> RecordDict:
@@ -76,13 +84,3 @@ def test_fedadam_moments_survive_save_and_restore() -> None:
     restore_strategy_state(fresh, arrays, scalars)
     assert np.array_equal(fresh.m_t["w"], strategy.m_t["w"])  # type: ignore[attr-defined]
     assert np.array_equal(fresh.v_t["w"], strategy.v_t["w"])  # type: ignore[attr-defined]
-
-
-def test_adaptive_clipping_norm_survives_restore() -> None:
-    fed = FederationConfig(central_dp="adaptive", central_dp_clipping_norm=0.7)
-    strategy = build_strategy(fed)
-    strategy.clipping_norm = 0.25  # type: ignore[attr-defined]  # as adapted after some rounds
-    arrays, scalars = strategy_state(strategy)
-    fresh = build_strategy(fed)
-    restore_strategy_state(fresh, arrays, scalars)
-    assert fresh.clipping_norm == 0.25  # type: ignore[attr-defined]

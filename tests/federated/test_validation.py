@@ -69,3 +69,32 @@ def test_similar_norms_all_accepted_and_bad_ones_left_out() -> None:
 def test_single_site_is_not_compared_with_anyone() -> None:
     report = validate_updates(_model(), [("only", _moved(50.0), 1.0)], max_norm_ratio=2)
     assert report.accepted == ["only"]
+
+
+def _global(value: float = 1.0) -> dict[str, np.ndarray]:
+    return _model(value)  # L2 norm = value * 3
+
+
+def test_absolute_bar_holds_for_a_single_reply() -> None:
+    start = _global(1.0)
+    huge = {k: v + np.float32(10.0) for k, v in start.items()}
+    small = {k: v + np.float32(0.1) for k, v in start.items()}
+    report = validate_updates(start, [("only", huge, 2.0)], max_norm_ratio=10, max_update_norm=1)
+    assert report.accepted == [] and "global model's norm" in report.rejected[0].reason
+    report = validate_updates(start, [("only", small, 2.0)], max_norm_ratio=10, max_update_norm=1)
+    assert report.accepted == ["only"]
+
+
+def test_num_examples_capped_and_held_to_the_first_declaration() -> None:
+    start = _global(1.0)
+    moved = {k: v + np.float32(0.1) for k, v in start.items()}
+    report = validate_updates(
+        start,
+        [("greedy", moved, 1e12), ("liar", moved, 40.0), ("honest", moved, 4.0)],
+        max_norm_ratio=10,
+        max_num_examples=1000,
+        declared_examples={"liar": 4.0, "honest": 4.0},
+    )
+    assert report.accepted == ["honest"]
+    reasons = {r.site: r.reason for r in report.rejected}
+    assert "1e+12" in reasons["greedy"] and "declared 4" in reasons["liar"]

@@ -121,3 +121,32 @@ def test_derived_sigma_composes_with_spent_steps_and_two_stages() -> None:
     _steps(exhausted, "autoencoder", 0.5, 0.5, 50)
     with pytest.raises(BudgetExhaustedError, match="exhausted"):
         derive_noise_multiplier(exhausted, plan)
+
+
+def test_one_ledger_per_cohort_and_no_silent_reset(tmp_path: Path) -> None:
+    from fedcmr4d.data.phantom import write_phantom_cohort
+    from fedcmr4d.errors import InputError
+    from fedcmr4d.privacy.accounting import cohort_ledger_path, open_cohort_ledger
+
+    cohort = tmp_path / "cohort"
+    write_phantom_cohort(cohort, 2, seed=1, image_size=32, slices=6, frames=16)
+    kw = {"accountant": "rdp", "delta": 1e-3, "target_epsilon": 50.0}
+    ledger = open_cohort_ledger(cohort, **kw)
+    _steps(ledger, "autoencoder", 0.5, 1.0, 5)
+    ledger.save()
+    spent = ledger.epsilon()
+    # a second run (another --out folder, or a federated round) continues the same ledger
+    again = open_cohort_ledger(cohort, **kw)
+    assert again.steps == 5 and again.epsilon() == pytest.approx(spent)
+    # the ledger lost: refused, not restarted at 0
+    path = cohort_ledger_path(cohort)
+    kept = path.read_bytes()
+    path.unlink()
+    with pytest.raises(InputError, match="refusing to start again at ε = 0"):
+        open_cohort_ledger(cohort, **kw)
+    path.write_bytes(kept)
+    # the cohort changed under the ledger: refused
+    index = cohort / "cohort.json"
+    index.write_text(index.read_text().replace("{", "{ ", 1))
+    with pytest.raises(InputError, match="belongs to cohort"):
+        open_cohort_ledger(cohort, **kw)

@@ -1,0 +1,57 @@
+"""The coordinator's stage checkpoint: a stage's final global model for ``fedcmr4d sample``.
+
+Moved whole out of ``server_app.py`` (the server_app split); :func:`save_stage_checkpoint` is
+the one function that writes it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord
+from safetensors.numpy import load_file as load_file_numpy
+
+from fedcmr4d.config import Config
+from fedcmr4d.federated.records import numpy_to_weights, record_to_weights
+from fedcmr4d.federated.state import ServerState
+
+
+def save_stage_checkpoint(
+    out_dir: Path,
+    stage: str,
+    cfg: Config,
+    arrays: ArrayRecord,
+    state: ServerState,
+    evaluation: dict[str, Any],
+    privacy: dict[str, Any] | None = None,
+) -> None:
+    """The stage's final global model in the trainer's checkpoint format (for ``sample``).
+
+    The coordinator lays stages out as ``<out-dir>/autoencoder`` and ``<out-dir>/diffusion``; the
+    diffusion checkpoint names ``../autoencoder`` relatively (the one writer,
+    :func:`~fedcmr4d.train.checkpoint.save_checkpoint`), so the out-dir can be moved.
+
+    ``privacy``: ``{"sites": {<site>: {<stage>: {"epsilon", "delta", "accountant"}}}}`` from the
+    sites' training replies (:meth:`Coordinator.site_privacy`), written to ``meta["privacy"]``.
+    """
+    from fedcmr4d.train.checkpoint import WEIGHTS_FILE, codebook_latent_scale, save_checkpoint
+
+    weights = record_to_weights(arrays)
+    rounds = [r for r in state.history if r["stage"] == stage]
+    epsilons = [r["train"]["epsilon"] for r in rounds if "epsilon" in r["train"]]
+    meta: dict[str, Any] = {
+        "federated": True,
+        "round": len(rounds),
+        "sites": sorted({s for r in rounds for s in r["accepted"]}),
+        "holdout_metrics": evaluation["mean"],
+        "epsilon_max_site": max(epsilons) if epsilons else None,
+    }
+    if privacy is not None:
+        meta["privacy"] = privacy
+    stage2: dict[str, Any] = {}
+    if stage == "diffusion":
+        ae_dir = out_dir.parent / "autoencoder"
+        ae_weights = numpy_to_weights(load_file_numpy(ae_dir / WEIGHTS_FILE))
+        stage2 = {"autoencoder": ae_dir, "latent_scale": codebook_latent_scale(ae_weights)}
+    save_checkpoint(out_dir, stage=stage, cfg=cfg, weights=weights, meta=meta, **stage2)  # type: ignore[arg-type]
