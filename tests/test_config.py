@@ -122,8 +122,8 @@ def test_set_overrides_are_validated_like_the_file() -> None:
         load_config("tiny", ["noequals"])
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config("tiny", ["data.image_size=[1"])
-    with pytest.raises(ConfigError, match="'seed' is not a section"):
-        load_config("tiny", ["seed.x=1"])
+    with pytest.raises(ConfigError, match="'name' is not a section"):
+        load_config("tiny", ["name.x=1"])
 
 
 def test_parse_override_types() -> None:
