@@ -58,7 +58,7 @@ def _entropy(probs: Tensor, dim: int) -> Tensor:
 class CosineQuantizer(nn.Module):
     """Nearest-code quantizer on the unit sphere.
 
-    No defaults for what the config sets: :mod:`fedcmr4d.train.models` passes them from it (via the VQ-VAE).
+    No defaults for what the config sets: the VQ-VAE passes them from :mod:`fedcmr4d.train.models`.
 
     Args:
         num_embeddings: codebook size K (>= 2).

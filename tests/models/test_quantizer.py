@@ -9,7 +9,6 @@ import torch
 
 from fedcmr4d.models.quantizer import CosineQuantizer
 
-
 # Every argument the config sets, passed explicitly (the constructor has no defaults for them).
 ARGS = {"num_embeddings": 16, "embedding_dim": 8, "commitment_cost": 0.25, "usage": "sample"}
 
