@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from fedcmr4d.config import (
     PACKAGED_CONFIGS,
@@ -31,6 +33,41 @@ def test_every_packaged_config_loads_and_round_trips(name: str, tmp_path: Path) 
     saved = tmp_path / f"{name}.yaml"
     saved.write_text(config.to_yaml())
     assert load_config(saved) == config
+
+
+def _keys_at_default(tree: dict[str, Any], default: dict[str, Any], path: str = "") -> list[str]:
+    """Dotted keys of ``tree`` whose value equals ``default``'s, and sections left empty."""
+    found = []
+    for key, value in tree.items():
+        dotted = f"{path}{key}"
+        if isinstance(value, dict):
+            if not value:
+                found.append(f"{dotted} (empty section)")
+            found += _keys_at_default(value, default[key], dotted + ".")
+        elif value == default[key]:
+            found.append(f"{dotted} = {value!r}")
+    return found
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_packaged_configs_set_only_values_that_differ_from_the_defaults(name: str) -> None:
+    # One set of defaults: the pydantic models. A YAML repeating a default would drift from it.
+    tree = yaml.safe_load((PACKAGED_CONFIGS / f"{name}.yaml").read_text())
+    default = Config().model_dump(mode="json")
+    assert _keys_at_default(tree, default) == []
+
+
+def test_paper_is_the_seed_design() -> None:
+    # paper takes its geometry from the defaults; changing a default must not change it silently.
+    paper = load_config("paper")
+    assert (paper.data.image_size, paper.data.frames, paper.data.slices) == (384, 32, 6)
+    assert paper.autoencoder.temporal_downsample == 4
+    assert paper.autoencoder.embedding_dim == 8 and paper.diffusion.timesteps == 300
+    dp = load_config("paper-dp")
+    assert dp.diffusion == paper.diffusion
+    assert dp.autoencoder.model_copy(update={"adversarial_start_step": 0}) == (
+        paper.autoencoder.model_copy(update={"adversarial_start_step": 0})
+    )
 
 
 def test_dp_twins_enable_privacy() -> None:
@@ -85,8 +122,8 @@ def test_set_overrides_are_validated_like_the_file() -> None:
         load_config("tiny", ["noequals"])
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config("tiny", ["data.image_size=[1"])
-    with pytest.raises(ConfigError, match="'seed' is not a section"):
-        load_config("tiny", ["seed.x=1"])
+    with pytest.raises(ConfigError, match="'name' is not a section"):
+        load_config("tiny", ["name.x=1"])
 
 
 def test_parse_override_types() -> None:

@@ -35,6 +35,13 @@ CINE_FILE = "cine.nii.gz"
 LABELS_FILE = "labels.nii.gz"
 META_FILE = "meta.json"
 
+COHORT_SPACING_MM: tuple[float, float, float] = (1.0, 1.0, 10.0)
+"""Voxel size (x, y, z) in mm of every cohort: 1 x 1 mm in-plane, 10 mm slices.
+
+The format fixes it (no config key): preprocessing resamples sources onto it, phantoms and
+sampled cohorts are drawn on it, and ``cohort.json`` records it.
+"""
+
 LABEL_BACKGROUND, LABEL_LV, LABEL_MYO, LABEL_RV = 0, 1, 2, 3
 LABEL_UNLABELLED = 255
 LABEL_NAMES = {LABEL_LV: "LV cavity", LABEL_MYO: "LV myocardium", LABEL_RV: "RV"}
@@ -157,11 +164,22 @@ def read_subject(cohort_dir: str | Path, subject_id: str, with_labels: bool = Tr
     return Subject(subject_id, cine, cine_img.affine, frame_ms, labels, meta)
 
 
+def cohort_affine(image_size: int) -> np.ndarray:
+    """The cohort grid's (4, 4) voxel -> world mm map.
+
+    :data:`COHORT_SPACING_MM` voxels, in-plane centre at the world origin, slice k at
+    ``k * COHORT_SPACING_MM[2]`` mm.
+    """
+    affine = np.diag([*COHORT_SPACING_MM, 1.0])
+    affine[:2, 3] = -(image_size - 1) / 2.0 * np.asarray(COHORT_SPACING_MM[:2])
+    return affine
+
+
 def write_cohort_index(
     cohort_dir: str | Path,
     subject_ids: list[str],
     *,
-    spacing: tuple[float, float, float] = (1.0, 1.0, 10.0),
+    spacing: tuple[float, float, float] = COHORT_SPACING_MM,
     frames: int | None = None,
     provenance: dict[str, Any] | None = None,
 ) -> Path:

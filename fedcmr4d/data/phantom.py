@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 
 from fedcmr4d.data.cohort import (
+    COHORT_SPACING_MM,
     LABEL_LV,
     LABEL_MYO,
     LABEL_RV,
     Cohort,
     Subject,
+    cohort_affine,
     open_cohort,
     write_cohort_index,
     write_subject,
@@ -353,13 +355,6 @@ def render_phantom(
     return cine, labels
 
 
-def cohort_affine(image_size: int, slices: int) -> np.ndarray:
-    """The cohort grid: 1 x 1 x 10 mm, world origin at the in-plane centre, slice k at 10 k mm."""
-    affine = np.diag([1.0, 1.0, 10.0, 1.0])
-    affine[:3, 3] = [-(image_size - 1) / 2.0, -(image_size - 1) / 2.0, 0.0]
-    return affine
-
-
 def make_phantom_subject(
     subject_id: str,
     seed: int,
@@ -375,10 +370,11 @@ def make_phantom_subject(
     the whole heart. Returns a :class:`Subject` with cine and labels (X, Y, Z, T) and ``meta``
     holding ``ed_frame``, ``es_frame``, ``ef_true``, ``vendor``, ``group``, ``source``, ``seed``.
     """
+    dz = COHORT_SPACING_MM[2]
     params = sample_params(
-        seed, fov_mm=float(image_size), slab_mm=(-5.0, 10.0 * slices - 5.0), vendor=vendor
+        seed, fov_mm=float(image_size), slab_mm=(-dz / 2, dz * slices - dz / 2), vendor=vendor
     )
-    affine = cohort_affine(image_size, slices)
+    affine = cohort_affine(image_size)
     cine, labels = render_phantom(params, affine, (image_size, image_size, slices), frames)
     return Subject(
         subject_id=subject_id,

@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from fedcmr4d.data.cohort import (
+    COHORT_SPACING_MM,
     LABEL_UNLABELLED,
     Subject,
     write_cohort_index,
@@ -131,14 +132,12 @@ def preprocess_subject(
     *,
     image_size: int = 384,
     frames: int = 32,
-    pixel_mm: float = 1.0,
-    slice_mm: float = 10.0,
 ) -> Subject:
     """Resample one source subject into cohort geometry (see the module docstring).
 
     Args:
         subject: cine (X, Y, Z, T) in source geometry and values; labels optional.
-        image_size: in-plane output size (pixels of ``pixel_mm``).
+        image_size: in-plane output size (pixels of ``COHORT_SPACING_MM[0]`` mm).
         frames: output frames over one cycle; output frame 0 is the source ED frame.
 
     Returns:
@@ -159,8 +158,8 @@ def preprocess_subject(
         subject.affine,
         centre,
         image_size=image_size,
-        pixel_mm=pixel_mm,
-        slice_mm=slice_mm,
+        pixel_mm=COHORT_SPACING_MM[0],
+        slice_mm=COHORT_SPACING_MM[2],
     )
     out = np.empty((*out_shape, frames), dtype=np.float32)
     for f, t in enumerate(cyclic_times(n_src, frames, ed)):

@@ -42,7 +42,7 @@ KIND = "fedcmr4d-segmenter"
 _MULTIPLE = 16
 
 
-def build_segmenter(features: list[int] | tuple[int, ...]) -> BasicUNet:
+def build_segmenter(*, features: list[int] | tuple[int, ...]) -> BasicUNet:
     """A 2D BasicUNet, 1 input channel, 4 classes, GroupNorm.
 
     Args:
@@ -165,7 +165,7 @@ def train_segmenter(cohort: Cohort, out_dir: str | Path, cfg: Config) -> TrainRe
     device = resolve_device(cfg.train.device)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_segmenter(ev.segmenter_features).to(device)
+    model = build_segmenter(features=ev.segmenter_features).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=ev.segmenter_lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, ev.segmenter_steps)
     model.train()
@@ -236,7 +236,7 @@ def load_weights_file(weights: str | Path) -> BasicUNet:
     weights = Path(weights)
     if not weights.is_file():
         raise InputError(f"{weights}: segmenter / feature-network weights file is missing")
-    model = build_segmenter(weights_features(weights))
+    model = build_segmenter(features=weights_features(weights))
     try:
         model.load_state_dict(load_file(str(weights)))
     except RuntimeError as exc:

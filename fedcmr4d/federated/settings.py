@@ -42,9 +42,10 @@ from typing import Any
 from fedcmr4d.config import Config, config_from_dict, load_config
 from fedcmr4d.errors import ConfigError
 from fedcmr4d.privacy.policy import SitePolicy
+from fedcmr4d.stages import Stage
 
-STAGES = ("autoencoder", "diffusion", "audit")
-TRAIN_STAGES = ("autoencoder", "diffusion")
+TRAIN_STAGES: tuple[str, ...] = tuple(s.value for s in Stage)
+STAGES: tuple[str, ...] = (*TRAIN_STAGES, "audit")
 
 ConfigValue = bool | int | float | str
 

@@ -35,15 +35,16 @@ def unstack_slices(latent_stack: Tensor, embedding_dim: int) -> Tensor:
 def build_unet(
     *,
     in_channels: int,
-    channels: Sequence[int] = (32, 64, 64),
-    attention_levels: Sequence[bool] = (False, False, True),
-    num_res_blocks: int = 1,
-    norm_num_groups: int = 16,
-    num_head_channels: int = 16,
+    channels: Sequence[int],
+    attention_levels: Sequence[bool],
+    num_res_blocks: int,
+    norm_num_groups: int,
+    num_head_channels: int,
 ) -> DiffusionModelUNet:
     """The denoiser: (N, in_channels, h, w, t) + timesteps (N,) -> same shape.
 
-    GroupNorm only (no running statistics). Raises ``ValueError`` naming the argument when a
+    GroupNorm only (no running statistics). No defaults: :mod:`fedcmr4d.train.models` passes
+    the ``diffusion`` config's values. Raises ``ValueError`` naming the argument when a
     width is not divisible by ``norm_num_groups``.
     """
     if in_channels < 1:

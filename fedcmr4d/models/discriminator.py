@@ -19,6 +19,8 @@ def _groups(channels: int, wanted: int = 8) -> int:
 class GroupNormPatchDiscriminator(nn.Module):
     """Per-patch real/fake logits for (N, C, H, W, T) volumes.
 
+    No defaults for what the config sets: :mod:`fedcmr4d.train.models` passes them from it.
+
     Args:
         in_channels: image channels.
         channels: width of the first layer (doubles per layer).
@@ -28,7 +30,7 @@ class GroupNormPatchDiscriminator(nn.Module):
         (N, C, H, W, T) -> (N, 1, h', w', t') logits, one per receptive-field patch.
     """
 
-    def __init__(self, in_channels: int = 1, *, channels: int = 32, num_layers: int = 3) -> None:
+    def __init__(self, in_channels: int = 1, *, channels: int, num_layers: int) -> None:
         super().__init__()
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels}")

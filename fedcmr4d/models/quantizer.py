@@ -58,6 +58,8 @@ def _entropy(probs: Tensor, dim: int) -> Tensor:
 class CosineQuantizer(nn.Module):
     """Nearest-code quantizer on the unit sphere.
 
+    No defaults for what the config sets: the VQ-VAE passes them from :mod:`fedcmr4d.train.models`.
+
     Args:
         num_embeddings: codebook size K (>= 2).
         embedding_dim: code dimension D (>= 1); the channel axis of the input.
@@ -71,12 +73,12 @@ class CosineQuantizer(nn.Module):
 
     def __init__(
         self,
-        num_embeddings: int = 256,
-        embedding_dim: int = 8,
         *,
-        commitment_cost: float = 0.25,
+        num_embeddings: int,
+        embedding_dim: int,
+        commitment_cost: float,
+        usage: Literal["batch", "sample"],
         entropy_temperature: float = 0.01,
-        usage: Literal["batch", "sample"] = "sample",
     ) -> None:
         super().__init__()
         if num_embeddings < 2:

@@ -43,6 +43,8 @@ def _down_up_parameters(
 class SpatioTemporalVQVAE(nn.Module):
     """VQ-VAE whose latents feed the stage-2 diffusion model.
 
+    No defaults for what the config sets: :mod:`fedcmr4d.train.models` passes them from it.
+
     Args:
         in_channels: image channels (1 for cine MRI).
         channels: two encoder widths (first and second level).
@@ -64,14 +66,14 @@ class SpatioTemporalVQVAE(nn.Module):
         self,
         in_channels: int = 1,
         *,
-        channels: Sequence[int] = (16, 64),
-        num_res_layers: int = 1,
-        num_res_channels: Sequence[int] = (16, 64),
-        num_embeddings: int = 256,
-        embedding_dim: int = 8,
-        commitment_cost: float = 0.25,
-        temporal_downsample: int = 4,
-        entropy_usage: Literal["batch", "sample"] = "sample",
+        channels: Sequence[int],
+        num_res_layers: int,
+        num_res_channels: Sequence[int],
+        num_embeddings: int,
+        embedding_dim: int,
+        commitment_cost: float,
+        temporal_downsample: int,
+        entropy_usage: Literal["batch", "sample"],
     ) -> None:
         super().__init__()
         if in_channels < 1:
@@ -102,7 +104,10 @@ class SpatioTemporalVQVAE(nn.Module):
             act="RELU",
         )
         self.quantizer = CosineQuantizer(
-            num_embeddings, embedding_dim, commitment_cost=commitment_cost, usage=entropy_usage
+            num_embeddings=num_embeddings,
+            embedding_dim=embedding_dim,
+            commitment_cost=commitment_cost,
+            usage=entropy_usage,
         )
         self.decoder = Decoder(
             spatial_dims=3,

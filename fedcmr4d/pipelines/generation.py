@@ -24,7 +24,15 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 from torch import Tensor, nn
 
 from fedcmr4d.config import Config
-from fedcmr4d.data.cohort import Cohort, Subject, open_cohort, write_cohort_index, write_subject
+from fedcmr4d.data.cohort import (
+    COHORT_SPACING_MM,
+    Cohort,
+    Subject,
+    cohort_affine,
+    open_cohort,
+    write_cohort_index,
+    write_subject,
+)
 from fedcmr4d.devices import resolve_device
 from fedcmr4d.errors import InputError
 from fedcmr4d.io import sha256_file
@@ -105,13 +113,6 @@ def load_generator(
     )
 
 
-def _cohort_affine(image_size: int) -> np.ndarray:
-    """1 x 1 x 10 mm grid, in-plane centre at the world origin."""
-    affine = np.diag([1.0, 1.0, 10.0, 1.0])
-    affine[:2, 3] = -(image_size - 1) / 2.0
-    return affine
-
-
 @torch.no_grad()
 def sample_latent_stacks(
     gen: Generator4D,
@@ -169,7 +170,7 @@ def _write(gen: Generator4D, out: Path, subject_id: str, cine: np.ndarray, seed:
         Subject(
             subject_id=subject_id,
             cine=cine,
-            affine=_cohort_affine(gen.cfg.data.image_size),
+            affine=cohort_affine(gen.cfg.data.image_size),
             frame_ms=CYCLE_MS / frames,
             meta={"source": "synthetic", "seed": seed},
         ),
@@ -235,7 +236,7 @@ def _run(
     write_cohort_index(
         out,
         ids,
-        spacing=(1.0, 1.0, 10.0),
+        spacing=COHORT_SPACING_MM,
         frames=gen.cfg.data.frames,
         provenance=_provenance(gen, seed, mode),
     )

@@ -120,14 +120,13 @@ def save_checkpoint(
         latent_scale: stage 2 only (required there): the scale the trainer applied to the
             stage-1 latents (``trainer.latent_scale`` or :func:`codebook_latent_scale`).
     """
-    if stage not in ("autoencoder", "diffusion"):
-        raise ValueError(f"stage must be 'autoencoder' or 'diffusion', got {stage!r}")
+    stage = Stage.parse(stage)  # ValueError naming the stages there are
     extra = dict(meta or {})
     leaking = sorted(SUBJECT_KEYS & extra.keys())
     if leaking:
         raise ValueError(f"checkpoint meta must not carry subject ids, got keys {leaking}")
     root = Path(out_dir)
-    if stage == "diffusion":
+    if stage is Stage.DIFFUSION:
         if autoencoder is None or latent_scale is None:
             raise ValueError("a diffusion checkpoint needs autoencoder= and latent_scale=")
         extra |= stage2_meta(autoencoder, root, latent_scale=latent_scale, cfg=cfg)
@@ -138,7 +137,7 @@ def save_checkpoint(
     atomic_write_text(root / CONFIG_FILE, cfg.to_yaml())
     full_meta = {
         **extra,
-        "stage": stage,
+        "stage": stage.value,
         "config_name": cfg.name,
         "code_version": code_version(),
         "weights_sha256": sha256_file(root / WEIGHTS_FILE),
@@ -184,8 +183,8 @@ def _read_meta(root: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: missing; {root} is not a finished checkpoint")
     meta = read_json_object(path, "checkpoint meta")
-    if meta.get("stage") not in ("autoencoder", "diffusion"):
-        raise InputError(f"{path}: no valid 'stage' (expected autoencoder or diffusion)")
+    if meta.get("stage") not in tuple(Stage):
+        raise InputError(f"{path}: no valid 'stage' (expected {' or '.join(Stage)})")
     return meta
 
 

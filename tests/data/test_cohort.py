@@ -13,8 +13,10 @@ import pytest
 from fedcmr4d.data.cohort import (
     CINE_FILE,
     COHORT_INDEX,
+    COHORT_SPACING_MM,
     LABELS_FILE,
     Subject,
+    cohort_affine,
     open_cohort,
     read_subject,
     write_cohort_index,
@@ -46,6 +48,17 @@ def test_round_trip_keeps_voxels_geometry_and_meta(tmp_path: Path) -> None:
     assert back.meta == {"ed_frame": 0, "vendor": "A"}
     header = nib.load(str(tmp_path / "s01" / CINE_FILE)).header
     assert header.get_xyzt_units() == ("mm", "msec")
+
+
+def test_the_cohort_grid_is_the_one_spacing_constant(tmp_path: Path) -> None:
+    # The format fixes the grid: the index records it and cohort_affine draws on it.
+    assert COHORT_SPACING_MM == (1.0, 1.0, 10.0)
+    affine = cohort_affine(32)
+    np.testing.assert_allclose(np.linalg.norm(affine[:3, :3], axis=0), COHORT_SPACING_MM)
+    np.testing.assert_allclose(affine @ [15.5, 15.5, 2, 1], [0.0, 0.0, 20.0, 1.0])
+    write_cohort_index(tmp_path, [])
+    index = json.loads((tmp_path / COHORT_INDEX).read_text())
+    assert index["spacing_mm"] == list(COHORT_SPACING_MM)
 
 
 def test_rewrite_replaces_folder_and_leaves_no_temporaries(tmp_path: Path) -> None:

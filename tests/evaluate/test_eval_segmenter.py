@@ -37,7 +37,7 @@ def _cohort(root: Path, labelled: bool) -> Path:
 
 
 def test_no_batchnorm_and_no_buffers() -> None:
-    model = build_segmenter([8, 8, 16, 32, 64, 8])
+    model = build_segmenter(features=[8, 8, 16, 32, 64, 8])
     kinds = {type(m).__name__ for m in model.modules()}
     assert not any("BatchNorm" in k for k in kinds) and "GroupNorm" in kinds
     assert list(model.buffers()) == []

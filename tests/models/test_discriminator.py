@@ -24,9 +24,9 @@ def test_shapes(kwargs: dict, shape: tuple, expected: tuple) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [
-        ({"in_channels": 0}, "in_channels"),
-        ({"channels": 2}, "channels"),
-        ({"num_layers": 0}, "num_layers"),
+        ({"in_channels": 0, "channels": 8, "num_layers": 2}, "in_channels"),
+        ({"channels": 2, "num_layers": 2}, "channels"),
+        ({"channels": 8, "num_layers": 0}, "num_layers"),
     ],
 )
 def test_validation_names_argument(kwargs: dict, name: str) -> None:

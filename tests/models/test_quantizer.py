@@ -9,6 +9,15 @@ import torch
 
 from fedcmr4d.models.quantizer import CosineQuantizer
 
+# Every argument the config sets, passed explicitly (the constructor has no defaults for them).
+ARGS = {"num_embeddings": 16, "embedding_dim": 8, "commitment_cost": 0.25, "usage": "sample"}
+
+
+def quantizer(num_embeddings: int, embedding_dim: int, **kwargs: object) -> CosineQuantizer:
+    return CosineQuantizer(
+        **{**ARGS, "num_embeddings": num_embeddings, "embedding_dim": embedding_dim, **kwargs}
+    )
+
 
 @pytest.mark.parametrize(
     ("kwargs", "shape"),
@@ -19,7 +28,7 @@ from fedcmr4d.models.quantizer import CosineQuantizer
     ],
 )
 def test_shapes(kwargs: dict, shape: tuple) -> None:
-    q = CosineQuantizer(**kwargs)
+    q = CosineQuantizer(**{**ARGS, **kwargs})
     out = q(torch.randn(shape))
     assert out.quantized.shape == shape
     assert out.indices.shape == (shape[0], *shape[2:])
@@ -42,16 +51,16 @@ def test_shapes(kwargs: dict, shape: tuple) -> None:
 )
 def test_validation_names_argument(kwargs: dict, name: str) -> None:
     with pytest.raises(ValueError, match=name):
-        CosineQuantizer(**kwargs)
+        CosineQuantizer(**{**ARGS, **kwargs})
 
 
 def test_wrong_channel_count_is_rejected() -> None:
     with pytest.raises(ValueError, match=r"\(N, 8"):
-        CosineQuantizer(16, 8)(torch.randn(2, 4, 3, 3))
+        quantizer(16, 8)(torch.randn(2, 4, 3, 3))
 
 
 def test_codebook_changes_only_through_the_optimizer() -> None:
-    q = CosineQuantizer(32, 8).train()
+    q = quantizer(32, 8).train()
     before = q.codebook.detach().clone()
     z = torch.randn(4, 8, 3, 3, 2, requires_grad=True)
     for _ in range(3):
@@ -67,14 +76,14 @@ def test_codebook_changes_only_through_the_optimizer() -> None:
 
 
 def test_straight_through_passes_gradient_to_encoder() -> None:
-    q = CosineQuantizer(16, 8)
+    q = quantizer(16, 8)
     z = torch.randn(2, 8, 3, 3, requires_grad=True)
     q(z).quantized.sum().backward()
     assert z.grad is not None and z.grad.abs().sum() > 0
 
 
 def test_snap_returns_codes_and_perplexity_counts_usage() -> None:
-    q = CosineQuantizer(8, 4)
+    q = quantizer(8, 4)
     codes = q.normalized_codebook().detach()
     z = codes[torch.tensor([0, 1, 2, 3])].t().reshape(1, 4, 4) * 3.0  # scaled codes
     snapped = q.snap(z)
@@ -84,7 +93,7 @@ def test_snap_returns_codes_and_perplexity_counts_usage() -> None:
 
 
 def test_latent_scale_is_a_function_of_the_codebook_only() -> None:
-    q = CosineQuantizer(256, 8)
+    q = quantizer(256, 8)
     scale = q.latent_scale()
     assert scale == pytest.approx(1.0 / float(q.normalized_codebook().detach().std()))
     assert 2.0 < scale < 3.5  # ~sqrt(8) for random unit codes
@@ -96,7 +105,7 @@ def test_entropy_usage_is_averaged_over_the_batch_or_each_sample(
 ) -> None:
     """Sample 0 sits on code 0 everywhere, sample 1 on code 1: confident (per-position entropy
     ~0); two codes in use over the batch (usage entropy log 2), one within each sample (0)."""
-    q = CosineQuantizer(4, 2, usage=usage, entropy_temperature=1e-3)  # type: ignore[arg-type]
+    q = quantizer(4, 2, usage=usage, entropy_temperature=1e-3)  # type: ignore[arg-type]
     with torch.no_grad():
         q.codebook.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]]))
     z = torch.zeros(2, 2, 3, 3)

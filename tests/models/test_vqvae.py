@@ -8,7 +8,17 @@ from torch import nn
 
 from fedcmr4d.models.vqvae import SpatioTemporalVQVAE
 
-SMALL = {"channels": (4, 8), "num_res_channels": (4, 8), "num_embeddings": 16}
+# Every architecture argument, passed explicitly (the constructor has no defaults for them).
+SMALL = {
+    "channels": (4, 8),
+    "num_res_layers": 1,
+    "num_res_channels": (4, 8),
+    "num_embeddings": 16,
+    "embedding_dim": 8,
+    "commitment_cost": 0.25,
+    "temporal_downsample": 4,
+    "entropy_usage": "sample",
+}
 
 
 @pytest.mark.parametrize(
@@ -67,3 +77,9 @@ def test_stage_2_latents_are_unit_codes() -> None:
     flat = z.movedim(1, -1).reshape(-1, 8)
     best = (flat @ codes.t()).max(dim=1).values  # cosine with the nearest code
     assert torch.allclose(best, torch.ones_like(best), atol=1e-5)
+
+
+def test_architecture_arguments_have_no_defaults() -> None:
+    # The config is the one set of defaults: leaving an argument out is an error, not a guess.
+    with pytest.raises(TypeError, match="num_embeddings"):
+        SpatioTemporalVQVAE(**{k: v for k, v in SMALL.items() if k != "num_embeddings"})

@@ -51,7 +51,10 @@ def test_errors_name_the_file(tmp_path: Path, tiny_cfg: Config) -> None:
     (root / "meta.json").write_text("{")
     with pytest.raises(InputError, match=r"meta\.json.*invalid JSON"):
         load_checkpoint(root)
-    with pytest.raises(ValueError, match="stage"):
+    (root / "meta.json").write_text('{"stage": "segmenter"}')
+    with pytest.raises(InputError, match=r"meta\.json: no valid 'stage' \(expected autoencoder or"):
+        load_checkpoint(root)
+    with pytest.raises(ValueError, match="stage must be one of 'autoencoder', 'diffusion'"):
         save_checkpoint(root, stage="segmenter", cfg=tiny_cfg, weights=_weights())  # type: ignore[arg-type]
 
 
