@@ -50,7 +50,7 @@ def _root(
 
 
 def _register() -> None:
-    from fedcmr4d.cli import audit, data, demo, evaluate, release, sample, train  # noqa: F401
+    from fedcmr4d.cli import audit, data, demo, evaluate, release, sample, split, train  # noqa: F401
 
 
 def main() -> None:
