@@ -204,7 +204,9 @@ class AuditConfig(_Strict):
         160.0, gt=0, description="in-plane field of view compared (capped by the synthetic one)"
     )
     grid: int = Field(32, ge=4, description="in-plane pixels of the audit representation")
-    slices: int = Field(6, ge=1, description="through-plane positions the whole stack is resampled to")
+    slices: int = Field(
+        6, ge=1, description="through-plane positions the whole stack is resampled to"
+    )
     frames: int = Field(16, ge=2, description="frames per cycle after periodic resampling")
     lowpass_sigma: float = Field(0.7, ge=0, description="Gaussian low-pass, grid pixels")
     candidates: int = Field(

@@ -107,6 +107,10 @@ def _by_site(reply: Message) -> tuple[str, int]:
     return ("" if reply.has_error() else _site_only(reply), reply.metadata.src_node_id)
 
 
+def _examples(reply: Message) -> int:
+    return int(reply.content.metric_records["metrics"].get(WEIGHT_KEY, 0))  # type: ignore[arg-type]
+
+
 def _common_metric_keys(replies: list[Message]) -> None:
     """Trim every reply's metrics to the keys all have (Flower's strategies require equal keys)."""
     records = [r.content.metric_records["metrics"] for r in replies]
@@ -194,6 +198,7 @@ def run_round(
         "sites_replied": len(replies),
         "sites_accepted": len(accepted),
         "accepted": report.accepted,
+        "examples": {_site_name(r): _examples(r) for r in accepted},  # what each site declared
         "rejected": rejected,
         "update_norms": report.update_norms,
         "train": dict(metrics) if metrics is not None else {},
