@@ -20,9 +20,9 @@ amplitude spectra of 4 x 4 average-pooled representations, cosine similarity, on
 product per block) picks each query's ``candidates`` most similar references, and only those
 are scored with the exact shift search above. A near-copy is among the most similar references
 by construction; for other subjects the reported distance can only be larger than or equal to
-the exhaustive one (the true nearest may be missed), and since holdout and synthetic subjects go through
-the same search, their distances stay comparable. ``benchmarks/audit.py`` measures how often the
-two agree.
+the exhaustive one (the true nearest may be missed); holdout and synthetic subjects go
+through the same search, so their distances stay comparable. ``benchmarks/audit.py`` measures
+how often the two agree.
 """
 
 from __future__ import annotations

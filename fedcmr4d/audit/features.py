@@ -198,6 +198,21 @@ def represent_cohort(
     return ids, torch.from_numpy(np.stack(reps))
 
 
+def _rotate(reps: torch.Tensor, angle_deg: float) -> torch.Tensor:
+    """(N, S, G, G, T) rotated in the (x, y) plane about the grid centre, renormalised."""
+    n, s, g, _, t = reps.shape
+    planes = reps.permute(0, 1, 4, 2, 3).reshape(n * s * t, 1, g, g)
+    angle = math.radians(angle_deg)
+    cos, sin = math.cos(angle), math.sin(angle)
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=planes.dtype)
+    sample_grid = F.affine_grid(theta.expand(planes.shape[0], 2, 3), list(planes.shape), False)
+    turned = F.grid_sample(planes, sample_grid, align_corners=False, padding_mode="border")
+    turned = turned.reshape(n, s, t, g, g).permute(0, 1, 3, 4, 2)
+    turned = turned - turned.mean(dim=(1, 2, 3, 4), keepdim=True)
+    norm = turned.reshape(n, -1).norm(dim=1).clamp(min=1e-12)
+    return (turned / norm[:, None, None, None, None]).contiguous()
+
+
 def variants(reps: torch.Tensor, grid: AuditGrid) -> torch.Tensor:
     """Flipped and rotated copies of every representation, renormalised.
 
@@ -216,13 +231,5 @@ def variants(reps: torch.Tensor, grid: AuditGrid) -> torch.Tensor:
     out = []
     for base in flipped:
         out.append(base)
-        array = base.numpy()
-        for angle in grid.rotations_deg:
-            turned = ndimage.rotate(
-                array, angle, axes=(2, 3), reshape=False, order=1, mode="nearest"
-            )
-            turned = turned - turned.mean(axis=(1, 2, 3, 4), keepdims=True)
-            norm = np.linalg.norm(turned.reshape(len(turned), -1), axis=1)
-            turned = turned / np.maximum(norm, 1e-12)[:, None, None, None, None]
-            out.append(torch.from_numpy(np.ascontiguousarray(turned, dtype=np.float32)))
+        out += [_rotate(base, angle) for angle in grid.rotations_deg]
     return torch.stack(out, dim=1)
