@@ -109,6 +109,14 @@ def _relative(value: Any) -> Any:
     return value
 
 
+def _absolute_paths(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _absolute_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _absolute_paths(v)]
+    return [value] if isinstance(value, str) and _relative(value) != value else []
+
+
 def _provenance(
     index: dict[str, Any], audit: dict[str, Any], audit_sha: str, signer: str, created: str
 ) -> dict[str, Any]:
@@ -180,6 +188,13 @@ def build_release(
     audit = read_audit(audit_path)
     check_audit_matches(audit, audit_path, cohort_dir)
     index = _read_index(cohort_dir)
+    absolute = _absolute_paths(index.get("provenance", {}))
+    if absolute:
+        raise InputError(
+            f"{cohort_dir / COHORT_INDEX}: provenance names paths of the sampling machine "
+            f"({', '.join(absolute[:3])}); a release carries names and hashes only: re-sample "
+            "with this version of fedcmr4d (release refused)"
+        )
     key = load_private_key(key_path, passphrase)
     signer = fingerprint(key.public_key())
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
