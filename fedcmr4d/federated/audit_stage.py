@@ -131,6 +131,24 @@ def build_query(
     return query, diffusion.weights, query.autoencoder_digest, blobs
 
 
+def query_records(
+    query: Any, diffusion: dict[str, Any], blobs: dict[str, bytes] | None, config: ConfigRecord
+) -> RecordDict:
+    """The ``query.audit`` message content: config (+ query JSON), weights, file bytes."""
+    from fedcmr4d.federated.records import weights_to_record
+
+    records: dict[str, Any] = {
+        "config": ConfigRecord({**dict(config), "stage": "audit", "audit-query": query.to_json()}),
+        "diffusion": weights_to_record(diffusion),
+    }
+    if blobs is not None:
+        names = sorted(blobs)
+        records["synthetic-files"] = ConfigRecord(
+            {"names": names, "blobs": [blobs[n] for n in names]}
+        )
+    return RecordDict(records)
+
+
 def check_answer(answer: Any, declared: dict[str, int | None], n_synthetic: int) -> None:
     """Counts against what the site declared in training/evaluation; InputError naming it."""
     from fedcmr4d.audit.membership import check_site_membership
@@ -172,24 +190,14 @@ def run_audit_stage(
         full_record,
         write_audit,
     )
-    from fedcmr4d.federated.records import weights_to_record
-
     trained = trained_sites(out)
     if not trained:
         raise ConfigError(f"{out}: no stage checkpoint names a site that trained; nothing to audit")
     query, diffusion, _, blobs = build_query(out, synthetic_dir, len(trained))
-    records: dict[str, Any] = {
-        "config": ConfigRecord({**dict(config), "stage": "audit", "audit-query": query.to_json()}),
-        "diffusion": weights_to_record(diffusion),
-    }
-    if blobs is not None:
-        names = sorted(blobs)
-        records["synthetic-files"] = ConfigRecord(
-            {"names": names, "blobs": [blobs[n] for n in names]}
-        )
+    records = query_records(query, diffusion, blobs, config)
     messages = [
         Message(
-            RecordDict(records),
+            records,
             dst_node_id=node_id,
             message_type=f"{MessageType.QUERY}.audit",
         )
