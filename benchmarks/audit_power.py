@@ -66,9 +66,7 @@ def main() -> None:
         make_phantom_subject(f"p{i}", 5000 + i, image_size=SIZE, slices=SLICES, frames=FRAMES)
         for i in range(pool_size)
     ]
-    reps = torch.from_numpy(
-        np.stack([represent_cine(s.cine, (1.0, 1.0), grid) for s in subjects])
-    )
+    reps = torch.from_numpy(np.stack([represent_cine(s.cine, (1.0, 1.0), grid) for s in subjects]))
     rng = np.random.default_rng(0)
     copies, sources, kinds = [], [], []
     for i, subject in enumerate(subjects):
@@ -110,8 +108,16 @@ def main() -> None:
             record(
                 "Audit power (copy test)",
                 f"{n_holdout} holdout",
-                ["holdout", "repeats", "fresh_pass_rate", "copy_recall", "copies_tested",
-                 "copy_alpha", "machine", "date"],  # fmt: skip
+                [
+                    "holdout",
+                    "repeats",
+                    "fresh_pass_rate",
+                    "copy_recall",
+                    "copies_tested",
+                    "copy_alpha",
+                    "machine",
+                    "date",
+                ],  # fmt: skip
                 result,
                 "python benchmarks/audit_power.py",
             )
