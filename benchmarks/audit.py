@@ -20,6 +20,7 @@ the threshold and the largest copy distance.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -40,11 +41,7 @@ from fedcmr4d.audit.distance import (  # noqa: E402
     nearest,
 )
 from fedcmr4d.audit.features import AuditGrid, represent_subject  # noqa: E402
-from fedcmr4d.audit.memorization import (  # noqa: E402
-    combine_site_results,
-    prepare_synthetic,
-    site_audit,
-)
+from fedcmr4d.audit.memorization import run_audit  # noqa: E402
 from fedcmr4d.config import AuditConfig  # noqa: E402
 from fedcmr4d.data.cohort import Subject, write_cohort_index, write_subject  # noqa: E402
 from fedcmr4d.data.phantom import make_phantom_subject  # noqa: E402
@@ -210,10 +207,20 @@ def run_recall(args: argparse.Namespace) -> None:
         _write(root / "synthetic", synthetic, [s.subject_id for s in synthetic])
         config = AuditConfig()
         start = time.perf_counter()
-        prepared = prepare_synthetic(root / "synthetic", config)
-        site = site_audit(prepared, [root / "train"], [root / "holdout"], site="bench")
-        audit = combine_site_results([site], config=config, files=prepared.files)
+        audit = run_audit(
+            root / "synthetic", [root / "train"], [root / "holdout"], root / "audit.json",
+            config=config, site="bench", report=False,
+        )  # fmt: skip
         seconds = time.perf_counter() - start
+        full = json.loads((root / "audit-full.json").read_text())  # the steward's copy
+        detail, ids = full["site_details"]["bench"], full["site_answers"][0]["synthetic_ids"]
+        audit["distances"] = {
+            "holdout_to_train": detail["holdout_to_train"],
+            "synthetic": [
+                {"synthetic_id": i, "nearest_train": d}
+                for i, d in zip(ids, detail["synthetic_to_train"], strict=True)
+            ],
+        }
     flagged = {f["synthetic_id"] for f in audit["flagged"]}
     distance = {r["synthetic_id"]: r["nearest_train"] for r in audit["distances"]["synthetic"]}
     recall = {
@@ -293,7 +300,7 @@ def _figure(audit: dict[str, Any], kinds: dict[str, str], path: Path) -> None:
     ax.hist(holdout, bins=bins, alpha=0.6, label="real holdout -> train (sets the bar)")
     ax.hist(fresh, bins=bins, alpha=0.6, label="fresh subjects -> train")
     ax.hist(copies, bins=bins, alpha=0.9, label="planted near-copies -> train")
-    ax.axvline(audit["threshold"], color="red", ls="--", label="threshold (1st percentile)")
+    ax.axvline(audit["threshold"], color="red", ls="--", label="threshold (tail p = alpha / N)")
     ax.set_xlabel("nearest training distance, 1 - max NCC")
     ax.set_ylabel("subjects")
     ax.legend(fontsize=8)

@@ -197,8 +197,24 @@ class FederationConfig(_Strict):
 
 
 class AuditConfig(_Strict):
-    percentile: float = Field(1.0, gt=0, lt=50, description="holdout-to-train percentile bar")
+    """Memorization audit (docs/steward.md). At a federated site the site's own installed
+    config supplies these values, never the coordinator's message (docs/privacy.md)."""
+
+    copy_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="family-wise false-alarm rate of the copy test on a fresh cohort "
+        "(Bonferroni over synthetic subjects and sites of the log-normal tail p-values)",
+    )
+    min_holdout: int = Field(
+        2, ge=2, description="holdout subjects a site needs to calibrate the copy test"
+    )
     max_shift: int = Field(2, ge=0, description="in-plane shift searched (voxels)")
+    flips: bool = Field(True, description="search mirrored copies (x, y, both)")
+    rotations_deg: list[float] = Field(
+        default_factory=lambda: [-10.0, 10.0], description="in-plane rotations searched"
+    )
     dcr_tolerance: float = Field(
         0.2, ge=0, le=0.5, description="dcr_share may exceed its no-memorization value by this"
     )
@@ -208,15 +224,30 @@ class AuditConfig(_Strict):
         lt=1,
         description="an excess dcr_share fails only when its binomial p-value is below this",
     )
+    membership_alpha: float = Field(
+        0.01,
+        gt=0,
+        lt=1,
+        description="membership inference fails when its one-sided Mann-Whitney p-value is "
+        "below this (the false-alarm rate for a model that memorised nothing)",
+    )
+    membership_draws: int = Field(
+        4, ge=1, description="fixed (timestep, noise) draws averaged per subject's diffusion loss"
+    )
+    verify_resample: bool = Field(
+        True, description="a site re-samples the cohort's first batch from the weights it gets"
+    )
     fov_mm: float = Field(
         160.0, gt=0, description="in-plane field of view compared (capped by the synthetic one)"
     )
     grid: int = Field(32, ge=4, description="in-plane pixels of the audit representation")
-    slices: int = Field(4, ge=1, description="central slices compared")
+    slices: int = Field(
+        6, ge=1, description="through-plane positions the whole stack is resampled to"
+    )
     frames: int = Field(16, ge=2, description="frames per cycle after periodic resampling")
     lowpass_sigma: float = Field(0.7, ge=0, description="Gaussian low-pass, grid pixels")
     candidates: int = Field(
-        32, ge=0, description="coarse candidates scored exactly per subject; 0: every pair"
+        8, ge=0, description="coarse candidates scored exactly per subject; 0: every pair"
     )
 
 

@@ -8,8 +8,12 @@ The tests and ``benchmarks/audit.py`` use them to measure recall.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
-NEAR_COPY_KINDS = ("exact", "noise", "shift", "roll", "gamma")
+NEAR_COPY_KINDS = ("exact", "noise", "shift", "roll", "gamma", "flip", "rotate")
+
+#: In-plane rotation of the ``rotate`` control (between the audit's searched angles 0 and 10).
+ROTATE_DEG = 8.0
 
 
 def near_copy(cine: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
@@ -19,7 +23,9 @@ def near_copy(cine: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarr
         cine: (X, Y, Z, T) float image in [0, 1].
         kind: ``exact``; ``noise`` (+ Gaussian noise sigma 0.02, clipped to [0, 1]); ``shift``
             (2 voxels along x and y, zero filled, not cyclic); ``roll`` (cardiac phase rolled
-            cyclically by a quarter cycle); ``gamma`` (intensity ** 1.1).
+            cyclically by a quarter cycle); ``gamma`` (intensity ** 1.1); ``flip`` (mirrored
+            along x); ``rotate`` (in-plane rotation by :data:`ROTATE_DEG` degrees about the
+            image centre).
         rng: source of the noise.
 
     Returns:
@@ -37,6 +43,10 @@ def near_copy(cine: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarr
         out = np.roll(cine, max(1, cine.shape[3] // 4), axis=3)
     elif kind == "gamma":
         out = np.clip(cine, 0.0, 1.0) ** 1.1
+    elif kind == "flip":
+        out = cine[::-1].copy()
+    elif kind == "rotate":
+        out = ndimage.rotate(cine, ROTATE_DEG, axes=(0, 1), reshape=False, order=1, mode="nearest")
     else:
         raise ValueError(f"kind must be one of {NEAR_COPY_KINDS}, got {kind!r}")
     return np.asarray(out, dtype=np.float32)

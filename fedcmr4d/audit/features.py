@@ -8,8 +8,9 @@ reduced to a compact array (S, G, G, F_t) on a grid that depends only on the aud
    the voxel size from the affine), then resample to ``grid`` x ``grid`` with an anti-aliased
    bilinear filter, then a mild Gaussian low-pass (``lowpass_sigma`` grid pixels, cyclic
    boundary like the shift search) that damps noise;
-2. through-plane: the ``slices`` central slices (a subject with fewer slices repeats its edge
-   slices, so a 4-slice audit of a 3-slice subject uses slices 0, 1, 1, 2 or similar);
+2. through-plane: the whole stack, first to last slice, linearly resampled to ``slices``
+   positions (every slice of the subject contributes; a 6-slice subject on a 6-slice grid is
+   kept as it is);
 3. time: periodic FFT resampling of the cardiac cycle to ``frames`` frames (the cycle is
    cyclic, so this is exact for band-limited motion and never wraps a discontinuity);
 4. intensity: clip to the subject's 1st-99th percentile, subtract the mean, scale to unit
@@ -18,6 +19,10 @@ reduced to a compact array (S, G, G, F_t) on a grid that depends only on the aud
 
 Only the synthetic cohort decides nothing here: the grid is fixed by the parameters, so every
 site computes identical representations without seeing each other's data.
+
+Mirrored and slightly rotated copies are caught by searching over :func:`variants` of each
+query (flips along x and y, in-plane rotations by ``rotations_deg``); every query -- synthetic
+and holdout alike, so the calibration sees the same search -- is compared in all its variants.
 """
 
 from __future__ import annotations
@@ -43,21 +48,25 @@ class AuditGrid:
     Attributes:
         fov_mm: square in-plane field of view, centred on the image, in millimetres.
         grid: in-plane pixels of the representation (``grid`` x ``grid``).
-        slices: central slices kept.
+        slices: through-plane positions the whole stack is resampled to.
         frames: frames per cardiac cycle after periodic resampling.
         lowpass_sigma: Gaussian low-pass in grid pixels (0 disables it).
         max_shift: in-plane shift searched, in voxels of the original 1 mm grid.
         candidates: references per query scored exactly after a coarse shift-invariant
             pre-selection (0: score every pair; see :mod:`fedcmr4d.audit.distance`).
+        flips: also search each query mirrored along x, along y and along both.
+        rotations_deg: in-plane rotations (degrees) of each query searched besides 0.
     """
 
     fov_mm: float = 64.0
     grid: int = 32
-    slices: int = 4
+    slices: int = 6
     frames: int = 16
     lowpass_sigma: float = 0.7
     max_shift: int = 2
     candidates: int = 32
+    flips: bool = True
+    rotations_deg: tuple[float, ...] = (-10.0, 10.0)
 
     def __post_init__(self) -> None:
         if self.fov_mm <= 0 or self.grid < 4 or self.slices < 1 or self.frames < 2:
@@ -71,14 +80,24 @@ class AuditGrid:
         mm_per_pixel = self.fov_mm / self.grid
         return int(math.ceil(self.max_shift / mm_per_pixel - 1e-9))
 
-    def as_dict(self) -> dict[str, float | int]:
+    @property
+    def n_variants(self) -> int:
+        """Query variants searched: (1 + 3 flips) x (1 + rotations)."""
+        return (4 if self.flips else 1) * (1 + len(self.rotations_deg))
+
+    def as_dict(self) -> dict[str, Any]:
         """Parameters plus the derived ``shift_grid`` (what ``audit.json`` records)."""
-        return {**asdict(self), "shift_grid": self.shift_grid}
+        out: dict[str, Any] = {**asdict(self), "shift_grid": self.shift_grid}
+        out["rotations_deg"] = list(self.rotations_deg)
+        return out
 
     @classmethod
     def from_dict(cls, payload: dict[str, Any]) -> AuditGrid:
-        """Inverse of :meth:`as_dict` (derived keys are ignored), e.g. at a federated site."""
-        return cls(**{k: v for k, v in payload.items() if k in cls.__dataclass_fields__})
+        """Inverse of :meth:`as_dict` (derived keys are ignored)."""
+        values = {k: v for k, v in payload.items() if k in cls.__dataclass_fields__}
+        if "rotations_deg" in values:
+            values["rotations_deg"] = tuple(float(a) for a in values["rotations_deg"])
+        return cls(**values)
 
 
 def _crop_or_pad(plane: np.ndarray, sizes: tuple[int, int]) -> np.ndarray:
@@ -97,14 +116,16 @@ def _crop_or_pad(plane: np.ndarray, sizes: tuple[int, int]) -> np.ndarray:
     return out
 
 
-def _central_slices(cine: np.ndarray, count: int) -> np.ndarray:
-    """(X, Y, Z, T) -> (X, Y, count, T): the central slices, edges repeated when Z < count."""
+def _all_slices(cine: np.ndarray, count: int) -> np.ndarray:
+    """(X, Y, Z, T) -> (X, Y, count, T): the whole stack linearly resampled to ``count``."""
     z = cine.shape[2]
-    centre = (z - 1) / 2.0
-    offsets = np.arange(count) - (count - 1) / 2.0
-    scale = min(1.0, (z - 1) / (count - 1)) if count > 1 and z > 1 else 0.0
-    index = np.clip(np.round(centre + offsets * scale + 1e-9).astype(int), 0, z - 1)
-    return cine[:, :, index, :]
+    if z == count:
+        return cine
+    position = np.linspace(0.0, z - 1.0, count) if count > 1 else np.array([(z - 1) / 2.0])
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, z - 1)
+    weight = (position - low).astype(np.float32)[None, None, :, None]
+    return cine[:, :, low, :] * (1.0 - weight) + cine[:, :, high, :] * weight
 
 
 def represent_cine(
@@ -123,7 +144,7 @@ def represent_cine(
     """
     if cine.ndim != 4 or min(cine.shape) == 0:
         raise ValueError(f"cine must be 4D (X, Y, Z, T), got {cine.shape}")
-    volume = _central_slices(np.asarray(cine, dtype=np.float32), grid.slices)
+    volume = _all_slices(np.asarray(cine, dtype=np.float32), grid.slices)
     fov_x, fov_y = (max(1, int(round(grid.fov_mm / max(s, 1e-6)))) for s in spacing_mm)
     volume = _crop_or_pad(volume, (fov_x, fov_y))
     x, y, z, t = volume.shape
@@ -175,3 +196,40 @@ def represent_cohort(
     if not reps:
         return ids, torch.zeros((0, grid.slices, grid.grid, grid.grid, grid.frames))
     return ids, torch.from_numpy(np.stack(reps))
+
+
+def _rotate(reps: torch.Tensor, angle_deg: float) -> torch.Tensor:
+    """(N, S, G, G, T) rotated in the (x, y) plane about the grid centre, renormalised."""
+    n, s, g, _, t = reps.shape
+    planes = reps.permute(0, 1, 4, 2, 3).reshape(n * s * t, 1, g, g)
+    angle = math.radians(angle_deg)
+    cos, sin = math.cos(angle), math.sin(angle)
+    theta = torch.tensor([[cos, -sin, 0.0], [sin, cos, 0.0]], dtype=planes.dtype)
+    sample_grid = F.affine_grid(theta.expand(planes.shape[0], 2, 3), list(planes.shape), False)
+    turned = F.grid_sample(planes, sample_grid, align_corners=False, padding_mode="border")
+    turned = turned.reshape(n, s, t, g, g).permute(0, 1, 3, 4, 2)
+    turned = turned - turned.mean(dim=(1, 2, 3, 4), keepdim=True)
+    norm = turned.reshape(n, -1).norm(dim=1).clamp(min=1e-12)
+    return (turned / norm[:, None, None, None, None]).contiguous()
+
+
+def variants(reps: torch.Tensor, grid: AuditGrid) -> torch.Tensor:
+    """Flipped and rotated copies of every representation, renormalised.
+
+    Args:
+        reps: (N, S, G, G, T) representations.
+        grid: ``flips`` and ``rotations_deg`` say which variants.
+
+    Returns:
+        (N, V, S, G, G, T) with variant 0 the representation itself; V = ``grid.n_variants``.
+    """
+    if reps.shape[0] == 0:
+        return reps.unsqueeze(1).expand(0, grid.n_variants, *reps.shape[1:])
+    flipped = [reps]
+    if grid.flips:
+        flipped += [reps.flip(2), reps.flip(3), reps.flip(2).flip(3)]
+    out = []
+    for base in flipped:
+        out.append(base)
+        out += [_rotate(base, angle) for angle in grid.rotations_deg]
+    return torch.stack(out, dim=1)

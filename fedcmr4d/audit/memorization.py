@@ -1,37 +1,36 @@
-"""Memorization audit: nearest-neighbour distances, calibrated threshold, DCR share, audit.json.
+"""Memorization audit: per-site copy test, DCR bits, the combined verdict, audit.json.
 
-Method (``shift_invariant_ncc``): every cine is mapped onto a small common grid
-(:mod:`fedcmr4d.audit.features`) and two subjects are compared by ``1 - max NCC`` over every
-cyclic shift of the cardiac phase and in-plane shifts up to ``audit.max_shift`` voxels
+Method (``variant_shift_ncc_tail``): every cine is mapped onto a small common grid covering all
+of its slices (:mod:`fedcmr4d.audit.features`); two subjects are compared by ``1 - max NCC``
+over cyclic shifts of the cardiac phase, in-plane shifts up to ``audit.max_shift`` voxels, and
+the query mirrored and rotated (``audit.flips``, ``audit.rotations_deg``)
 (:mod:`fedcmr4d.audit.distance`). A copy of a training subject stays near 0 through noise,
-small translations, gamma changes and a rolled cycle; different subjects are far apart.
+translation, gamma, a rolled cycle, a flip or a small rotation; different subjects are far apart.
 
-Federated shape (DESIGN.md, privacy model): each site runs :func:`site_audit` on its own train
-and holdout cohorts and returns a :class:`SiteAuditResult` holding only distances, synthetic ids
-and counts. :func:`combine_site_results` turns any number of them into ``audit.json``. The local
-command is the combiner over one site.
+Where it runs (DESIGN.md, privacy model): each site computes, on its own train/holdout split,
 
-Rules (recorded in ``audit.json`` under ``method``):
+- ``d_s``: each synthetic subject's nearest training distance, ``h_s`` its nearest holdout
+  distance, and the holdout-to-train nearest distances ``r_1..r_n`` (all stay at the site);
+- a **tail p-value** per synthetic subject: ``log r`` is modelled as normal, and
+  ``p_s = T_{n-1}((log d_s - mean) / (sd * sqrt(1 + 1/n)))`` -- the Student-t predictive
+  distribution of a new draw, exact for log-normal data at any n, so a subject that is as far
+  from training as an unseen real patient gets a uniform p-value;
+- a **copy flag** ``p_s < copy_alpha / (N * K)`` (Bonferroni over the N synthetic subjects and
+  the K sites that trained): a fresh cohort raises no flag with probability >= 1 - copy_alpha;
+- a **DCR bit** ``d_s < h_s``.
 
-- ``threshold`` = the ``audit.percentile`` (default 1st) percentile, linear interpolation, of
-  the pooled holdout-to-train nearest distances (each holdout subject against the training
-  subjects of its own site). Nothing is a constant: the bar is what real unseen patients look
-  like next to the training set.
-- A synthetic subject is **flagged** when its distance to the nearest training subject (over
-  all sites) is below ``threshold``; the entry names that site.
-- ``dcr_share`` = fraction of synthetic subjects nearer to a training subject than to any
-  holdout subject (ties count one half). Without memorization the nearest real subject is in
-  the training set with probability ``dcr_expected = n_train / (n_train + n_holdout)`` (0.5
-  when both sets are equally large). Memorization pushes the share up.
-- ``dcr_p_value`` = one-sided binomial tail P(X >= wins | n_synthetic, dcr_expected), a tie
-  counted as a win: how likely a share at least this high is from a model that memorised
-  nothing. A handful of synthetic subjects gives 1.0 by chance (6 of 6 at ``dcr_expected``
-  2/3: p = 0.088), so the share alone would refuse releases at random.
-- ``passed`` = no subject flagged **and not** (``dcr_share > dcr_expected + audit.dcr_tolerance``
-  **and** ``dcr_p_value < audit.dcr_alpha``): the excess must be both material (tolerance) and
-  unlikely by chance (alpha). With too few synthetic subjects for any share to reach alpha the
-  audit says so in ``warnings``. A share far *below* the expected value is not a memorization
-  signal; it is reported (``dcr_low``) but does not fail the audit.
+A site sends only the flags, the bits, its threshold (the distance at which ``p_s`` reaches the
+flag level) and counts (:class:`SiteAnswer`); :func:`combine_answers` turns any number of them
+into ``audit.json``:
+
+- ``passed`` = no flag, every site calibrated, and for no site k ``dcr_share_k > dcr_expected_k
+  + dcr_tolerance`` with binomial ``p_k < dcr_alpha / K`` (``dcr_expected_k = n_train_k /
+  (n_train_k + n_holdout_k)``), and no membership-inference stage below ``membership_alpha``
+  (:mod:`fedcmr4d.audit.membership`).
+
+The local command is the same computation with one site. Its real-subject distances go only
+into ``audit-full.json``, which stays with the steward; ``audit.json`` (and ``audit.html``) hold
+the verdict, thresholds, counts, p-values and the method: nothing a release must not carry.
 """
 
 from __future__ import annotations
@@ -49,25 +48,27 @@ import scipy.stats
 import torch
 
 from fedcmr4d import __version__
-from fedcmr4d.audit.distance import nearest
-from fedcmr4d.audit.features import AuditGrid, represent_cohort
+from fedcmr4d.audit.distance import nearest_over_variants
+from fedcmr4d.audit.features import AuditGrid, represent_cohort, variants
 from fedcmr4d.config import AuditConfig
 from fedcmr4d.data.cohort import CINE_FILE, open_cohort
-from fedcmr4d.errors import AuditFailedError, InputError
+from fedcmr4d.errors import AuditFailedError, ConfigError, InputError
 from fedcmr4d.io import atomic_write_json, tree_hashes
 
-METHOD_NAME = "shift_invariant_ncc"
+METHOD_NAME = "variant_shift_ncc_tail"
+#: Distances below this count as exact copies (log of 0 is undefined).
+DISTANCE_FLOOR = 1e-9
+FULL_SUFFIX = "-full"
 
 
 @dataclass
 class SyntheticSet:
-    """The synthetic cohort prepared once for all sites.
+    """The synthetic cohort, hashed and represented (by whoever computes distances).
 
     Attributes:
         ids: synthetic subject ids, in cohort order.
-        reps: (N, slices, grid, grid, frames) audit representations (synthetic data only, so
-            the coordinator may send them to sites instead of the cohort itself).
-        grid: the audit grid every site must use.
+        reps: (N, slices, grid, grid, frames) audit representations.
+        grid: the audit grid they were made on.
         files: relative path -> SHA-256 of every file of the synthetic cohort.
     """
 
@@ -75,72 +76,6 @@ class SyntheticSet:
     reps: torch.Tensor
     grid: AuditGrid
     files: dict[str, str]
-
-
-@dataclass
-class SiteAuditResult:
-    """What one site reports: distances, synthetic ids and counts only; no real images or ids.
-
-    Attributes:
-        site: the site's name.
-        n_train, n_holdout: sizes of the site's real cohorts.
-        holdout_to_train: nearest training distance of each holdout subject (order unspecified).
-        synthetic_ids: the synthetic ids the next two lists refer to.
-        synthetic_to_train: nearest distance of each synthetic subject to this site's train set.
-        synthetic_to_holdout: same, to this site's holdout set (``inf`` if it has none).
-        grid: the audit grid parameters used.
-    """
-
-    site: str
-    n_train: int
-    n_holdout: int
-    holdout_to_train: list[float]
-    synthetic_ids: list[str]
-    synthetic_to_train: list[float]
-    synthetic_to_holdout: list[float]
-    grid: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``inf`` becomes ``None``)."""
-        out = asdict(self)
-        for key in ("holdout_to_train", "synthetic_to_train", "synthetic_to_holdout"):
-            out[key] = [None if not math.isfinite(v) else float(v) for v in out[key]]
-        return out
-
-    @classmethod
-    def from_dict(cls, payload: dict[str, Any]) -> SiteAuditResult:
-        """Parse and check a site's reply; raises :class:`InputError` naming the problem."""
-        expected = set(cls.__dataclass_fields__)
-        if set(payload) != expected:
-            raise InputError(f"site audit result: keys {sorted(payload)} != {sorted(expected)}")
-
-        def floats(key: str) -> list[float]:
-            return [math.inf if v is None else float(v) for v in payload[key]]
-
-        result = cls(
-            site=str(payload["site"]),
-            n_train=int(payload["n_train"]),
-            n_holdout=int(payload["n_holdout"]),
-            holdout_to_train=floats("holdout_to_train"),
-            synthetic_ids=[str(v) for v in payload["synthetic_ids"]],
-            synthetic_to_train=floats("synthetic_to_train"),
-            synthetic_to_holdout=floats("synthetic_to_holdout"),
-            grid=dict(payload["grid"]),
-        )
-        result.check()
-        return result
-
-    def check(self) -> None:
-        n = len(self.synthetic_ids)
-        if len(self.synthetic_to_train) != n or len(self.synthetic_to_holdout) != n:
-            raise InputError(f"site {self.site}: distance lists do not match {n} synthetic ids")
-        if len(self.holdout_to_train) != self.n_holdout:
-            raise InputError(
-                f"site {self.site}: {len(self.holdout_to_train)} holdout distances "
-                f"for n_holdout={self.n_holdout}"
-            )
-        if self.n_train < 1:
-            raise InputError(f"site {self.site}: no training subjects to audit against")
 
 
 def grid_from_config(config: AuditConfig, fov_mm: float) -> AuditGrid:
@@ -153,6 +88,8 @@ def grid_from_config(config: AuditConfig, fov_mm: float) -> AuditGrid:
         lowpass_sigma=config.lowpass_sigma,
         max_shift=config.max_shift,
         candidates=config.candidates,
+        flips=config.flips,
+        rotations_deg=tuple(float(a) for a in config.rotations_deg),
     )
 
 
@@ -171,7 +108,7 @@ def synthetic_fov_mm(synthetic_dir: Path, subject_ids: Sequence[str]) -> float:
 
 
 def prepare_synthetic(synthetic_dir: str | Path, config: AuditConfig) -> SyntheticSet:
-    """Hash, size and represent the synthetic cohort (done once, by whoever holds it)."""
+    """Hash, size and represent the synthetic cohort."""
     root = Path(synthetic_dir)
     cohort = open_cohort(root)
     if len(cohort) == 0:
@@ -185,6 +122,204 @@ def prepare_synthetic(synthetic_dir: str | Path, config: AuditConfig) -> Synthet
     return SyntheticSet(ids, reps, grid, files)
 
 
+def tail_p_values(holdout_to_train: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """Student-t predictive p-values of ``distances`` under a log-normal fit of the holdout.
+
+    ``P(log D <= log d)`` for a new draw D from the same log-normal as the n holdout distances,
+    with mean and sd estimated from them: ``(log D - mean) / (sd sqrt(1 + 1/n))`` is exactly
+    t-distributed with n - 1 degrees of freedom. Needs n >= 2 and sd > 0.
+    """
+    logs = np.log(np.maximum(np.asarray(holdout_to_train, dtype=np.float64), DISTANCE_FLOOR))
+    n = logs.size
+    mean, sd = float(logs.mean()), float(logs.std(ddof=1))
+    scale = max(sd, 1e-12) * math.sqrt(1.0 + 1.0 / n)
+    query = np.log(np.maximum(np.asarray(distances, dtype=np.float64), DISTANCE_FLOOR))
+    return np.asarray(scipy.stats.t.cdf((query - mean) / scale, df=n - 1), dtype=np.float64)
+
+
+def tail_threshold(holdout_to_train: np.ndarray, level: float) -> float:
+    """The distance whose :func:`tail_p_values` p-value is ``level`` (flag below it)."""
+    logs = np.log(np.maximum(np.asarray(holdout_to_train, dtype=np.float64), DISTANCE_FLOOR))
+    n = logs.size
+    scale = max(float(logs.std(ddof=1)), 1e-12) * math.sqrt(1.0 + 1.0 / n)
+    return float(math.exp(float(logs.mean()) + scale * float(scipy.stats.t.ppf(level, df=n - 1))))
+
+
+@dataclass
+class SiteAnswer:
+    """What one site sends: bits per synthetic subject, its threshold and counts.
+
+    Attributes:
+        site: the site's name.
+        n_train, n_holdout: sizes of the site's split.
+        synthetic_ids: the synthetic ids the two bit lists refer to (synthetic data).
+        copy_flags: per synthetic subject, its tail p-value is below ``level``.
+        dcr_bits: per synthetic subject, nearer to this site's train than holdout set.
+        threshold: the distance at which the p-value reaches ``level`` (None: not calibrated).
+        level: the per-subject flag level ``copy_alpha / (N * K)``.
+        calibrated: the site had ``min_holdout`` holdout subjects and a usable spread.
+        method: the audit grid and settings the site used (its own config).
+        membership: per-stage membership-inference aggregates (see
+            :mod:`fedcmr4d.audit.membership`), or None when no model was given.
+    """
+
+    site: str
+    n_train: int
+    n_holdout: int
+    synthetic_ids: list[str]
+    copy_flags: list[bool]
+    dcr_bits: list[bool]
+    threshold: float | None
+    level: float
+    calibrated: bool
+    method: dict[str, Any] = field(default_factory=dict)
+    membership: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, payload: dict[str, Any]) -> SiteAnswer:
+        """Parse a reply; a wrong shape raises :class:`InputError` naming the site."""
+        expected = set(cls.__dataclass_fields__)
+        name = payload.get("site", "?")
+        if set(payload) != expected:
+            raise InputError(f"site {name}: answer keys {sorted(payload)} != {sorted(expected)}")
+        try:
+            answer = cls(
+                site=str(payload["site"]),
+                n_train=int(payload["n_train"]),
+                n_holdout=int(payload["n_holdout"]),
+                synthetic_ids=[str(v) for v in payload["synthetic_ids"]],
+                copy_flags=[_bit(v) for v in payload["copy_flags"]],
+                dcr_bits=[_bit(v) for v in payload["dcr_bits"]],
+                threshold=None if payload["threshold"] is None else float(payload["threshold"]),
+                level=float(payload["level"]),
+                calibrated=_bit(payload["calibrated"]),
+                method=dict(payload["method"]),
+                membership=None if payload["membership"] is None else dict(payload["membership"]),
+            )
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"site {name}: malformed answer ({exc})") from None
+        answer.check()
+        return answer
+
+    def check(self) -> None:
+        """Plausibility of the answer on its own (the coordinator adds what it knows)."""
+        n = len(self.synthetic_ids)
+        if len(self.copy_flags) != n or len(self.dcr_bits) != n:
+            raise InputError(f"site {self.site}: bit lists do not match {n} synthetic ids")
+        if self.n_train < 1 or self.n_holdout < 0:
+            raise InputError(
+                f"site {self.site}: implausible counts n_train={self.n_train}, "
+                f"n_holdout={self.n_holdout}"
+            )
+        if self.calibrated:
+            if self.threshold is None or not (0.0 < self.threshold <= 2.0):
+                raise InputError(
+                    f"site {self.site}: threshold {self.threshold} is not in (0, 2] "
+                    "(1 - NCC distances lie in [0, 2])"
+                )
+            if self.n_holdout < 2:
+                raise InputError(f"site {self.site}: calibrated with {self.n_holdout} holdout")
+        if not (0.0 < self.level < 1.0):
+            raise InputError(f"site {self.site}: flag level {self.level} not in (0, 1)")
+
+
+def _bit(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{value!r} is not a bit")
+
+
+@dataclass
+class SiteDetail:
+    """What stays at the site (written only to the steward's ``audit-full.json`` locally)."""
+
+    holdout_to_train: list[float]
+    synthetic_to_train: list[float]
+    synthetic_to_holdout: list[float]
+    p_values: list[float]
+
+
+def site_answer_from_reps(
+    synthetic_ids: Sequence[str],
+    synthetic_reps: torch.Tensor,
+    train_reps: torch.Tensor,
+    holdout_reps: torch.Tensor,
+    *,
+    grid: AuditGrid,
+    config: AuditConfig,
+    site: str,
+    n_sites: int = 1,
+    membership: dict[str, Any] | None = None,
+) -> tuple[SiteAnswer, SiteDetail]:
+    """One site's copy test and DCR bits on representations made with ``grid``.
+
+    Args:
+        synthetic_ids, synthetic_reps: the synthetic subjects, (N, S, G, G, T).
+        train_reps, holdout_reps: the site's split, (N_t >= 1, ...) and (N_h, ...).
+        grid: the grid all of them were made with (search settings too).
+        config: the site's ``copy_alpha`` and ``min_holdout``.
+        site: the site's name.
+        n_sites: K, the sites that trained (Bonferroni); values below 1 count as 1.
+        membership: the site's membership aggregates, passed through.
+
+    Raises:
+        ConfigError: a holdout subject is at distance 0 from a training subject (the split
+            overlaps; the threshold would be 0).
+    """
+    if train_reps.shape[0] == 0:
+        raise InputError(f"site {site}: no training subjects to audit against")
+    search = {"shift": grid.shift_grid, "candidates": grid.candidates}
+    holdout_d = nearest_over_variants(variants(holdout_reps, grid), train_reps, **search).numpy()
+    if holdout_d.size and float(holdout_d.min()) <= DISTANCE_FLOOR:
+        raise ConfigError(
+            f"site {site}: a holdout subject is identical to a training subject (distance 0): "
+            "train and holdout overlap, and the threshold would be 0"
+        )
+    syn_variants = variants(synthetic_reps, grid)
+    to_train = nearest_over_variants(syn_variants, train_reps, **search).numpy()
+    to_holdout = nearest_over_variants(syn_variants, holdout_reps, **search).numpy()
+    if holdout_reps.shape[0] == 0:
+        to_holdout = np.full(len(synthetic_ids), math.inf)
+    n = max(1, len(synthetic_ids))
+    level = config.copy_alpha / (n * max(1, int(n_sites)))
+    calibrated = holdout_d.size >= config.min_holdout and float(np.std(np.log(holdout_d))) > 0
+    if calibrated:
+        p_values = tail_p_values(holdout_d, to_train)
+        threshold: float | None = tail_threshold(holdout_d, level)
+    else:
+        p_values, threshold = np.ones(len(synthetic_ids)), None
+    answer = SiteAnswer(
+        site=site,
+        n_train=int(train_reps.shape[0]),
+        n_holdout=int(holdout_reps.shape[0]),
+        synthetic_ids=list(synthetic_ids),
+        copy_flags=[bool(p < level) for p in p_values],
+        dcr_bits=[bool(a < b) for a, b in zip(to_train, to_holdout, strict=True)],
+        threshold=threshold,
+        level=level,
+        calibrated=bool(calibrated),
+        method={
+            "grid": grid.as_dict(),
+            "copy_alpha": config.copy_alpha,
+            "min_holdout": config.min_holdout,
+        },
+        membership=membership,
+    )
+    answer.check()
+    detail = SiteDetail(
+        holdout_to_train=sorted(float(d) for d in holdout_d),
+        synthetic_to_train=[float(d) for d in to_train],
+        synthetic_to_holdout=[_finite(d) for d in to_holdout],  # type: ignore[misc]
+        p_values=[float(p) for p in p_values],
+    )
+    return answer, detail
+
+
 def _represent_dirs(dirs: Sequence[str | Path], grid: AuditGrid) -> torch.Tensor:
     parts = [represent_cohort(open_cohort(d), grid)[1] for d in dirs]
     if not parts:
@@ -192,201 +327,18 @@ def _represent_dirs(dirs: Sequence[str | Path], grid: AuditGrid) -> torch.Tensor
     return torch.cat(parts)
 
 
-def site_audit(
-    synthetic: SyntheticSet,
-    train_dirs: Sequence[str | Path],
-    holdout_dirs: Sequence[str | Path],
-    *,
-    site: str,
-) -> SiteAuditResult:
-    """One site's share of the audit, computed where its real data live.
-
-    Args:
-        synthetic: the prepared synthetic cohort (see :func:`prepare_synthetic`).
-        train_dirs: the site's training cohorts (pooled).
-        holdout_dirs: the site's held-out cohorts (pooled; never used in training).
-        site: the site's name, reported with flagged subjects.
-
-    Returns:
-        Distances, synthetic ids and counts only.
-    """
-    train = _represent_dirs(train_dirs, synthetic.grid)
-    if train.shape[0] == 0:
-        names = ", ".join(str(d) for d in train_dirs) or "(none given)"
-        raise InputError(f"site {site}: no training subjects in {names}")
-    holdout = _represent_dirs(holdout_dirs, synthetic.grid)
-    return site_audit_from_reps(
-        synthetic.ids, synthetic.reps, train, holdout, grid=synthetic.grid, site=site
-    )
-
-
-def site_audit_from_reps(
-    synthetic_ids: Sequence[str],
-    synthetic_reps: torch.Tensor,
-    train_reps: torch.Tensor,
-    holdout_reps: torch.Tensor,
-    *,
-    grid: AuditGrid,
-    site: str,
-) -> SiteAuditResult:
-    """The site computation on representations already made with ``grid``.
-
-    For sites whose train/holdout split lives inside one cohort (the federated client):
-    represent the split with :func:`fedcmr4d.audit.features.represent_cohort` (``subject_ids``)
-    and call this; the search settings (shift, candidates) come from ``grid``.
-
-    Args:
-        synthetic_ids: ids of the synthetic subjects, in the order of ``synthetic_reps``.
-        synthetic_reps: (N_s, slices, grid, grid, frames) synthetic representations.
-        train_reps: (N_t, ...) the site's training subjects (N_t >= 1).
-        holdout_reps: (N_h, ...) the site's held-out subjects (may be empty).
-        grid: the audit grid all of them were made with.
-        site: the site's name.
-    """
-    if train_reps.shape[0] == 0:
-        raise InputError(f"site {site}: no training subjects to audit against")
-    search = {"shift": grid.shift_grid, "candidates": grid.candidates}
-    result = SiteAuditResult(
-        site=site,
-        n_train=int(train_reps.shape[0]),
-        n_holdout=int(holdout_reps.shape[0]),
-        holdout_to_train=nearest(holdout_reps, train_reps, **search).distance.tolist(),
-        synthetic_ids=list(synthetic_ids),
-        synthetic_to_train=nearest(synthetic_reps, train_reps, **search).distance.tolist(),
-        synthetic_to_holdout=nearest(synthetic_reps, holdout_reps, **search).distance.tolist(),
-        grid=grid.as_dict(),
-    )
-    result.check()
-    return result
-
-
-def _check_sites(results: Sequence[SiteAuditResult]) -> None:
-    if not results:
-        raise InputError("audit: no site results to combine")
-    first = results[0]
-    names = [r.site for r in results]
+def _check_answers(answers: Sequence[SiteAnswer]) -> None:
+    if not answers:
+        raise InputError("audit: no site answers to combine")
+    first = answers[0]
+    names = [a.site for a in answers]
     if len(set(names)) != len(names):
         raise InputError(f"audit: duplicate site names {names}")
-    for result in results[1:]:
-        if result.synthetic_ids != first.synthetic_ids:
-            raise InputError(f"site {result.site}: audited other synthetic ids than {first.site}")
-        if result.grid != first.grid:
-            raise InputError(f"site {result.site}: audit grid {result.grid} != {first.grid}")
-
-
-def combine_site_results(
-    results: Sequence[SiteAuditResult],
-    *,
-    config: AuditConfig,
-    files: dict[str, str],
-) -> dict[str, Any]:
-    """Turn several sites' results into the ``audit.json`` payload.
-
-    Args:
-        results: one :class:`SiteAuditResult` per site (at least one).
-        config: percentile and DCR tolerance (the grid is taken from the results).
-        files: relative path -> SHA-256 of every file of the audited synthetic cohort.
-
-    Returns:
-        The audit dictionary; ``passed`` as defined in the module docstring.
-    """
-    _check_sites(results)
-    holdout = np.array([d for r in results for d in r.holdout_to_train], dtype=np.float64)
-    if holdout.size == 0:
-        raise InputError("audit: no holdout subjects at any site; the threshold needs them")
-    threshold = float(np.percentile(holdout, config.percentile))
-    to_train = np.array([r.synthetic_to_train for r in results], dtype=np.float64)  # (sites, N)
-    to_holdout = np.array([r.synthetic_to_holdout for r in results], dtype=np.float64)
-    nearest_train = to_train.min(axis=0)
-    nearest_site = to_train.argmin(axis=0)
-    nearest_holdout = to_holdout.min(axis=0)
-    ids = results[0].synthetic_ids
-    flagged = [
-        {
-            "synthetic_id": ids[i],
-            "distance": float(nearest_train[i]),
-            "site": results[int(nearest_site[i])].site,
-        }
-        for i in np.argsort(nearest_train, kind="stable")
-        if nearest_train[i] < threshold
-    ]
-    wins = np.where(
-        nearest_train < nearest_holdout, 1.0, np.where(nearest_train == nearest_holdout, 0.5, 0.0)
-    )
-    dcr_share = float(wins.mean()) if wins.size else 0.0
-    n_train = sum(r.n_train for r in results)
-    n_holdout = sum(r.n_holdout for r in results)
-    dcr_expected = n_train / (n_train + n_holdout)
-    p_value = binomial_tail(math.ceil(float(wins.sum())), wins.size, dcr_expected)
-    reasons = []
-    if flagged:
-        reasons.append(
-            f"{len(flagged)} synthetic subject(s) nearer to a training subject than "
-            f"the threshold {threshold:.6f}"
-        )
-    if dcr_share > dcr_expected + config.dcr_tolerance and p_value < config.dcr_alpha:
-        reasons.append(
-            f"dcr_share {dcr_share:.3f} exceeds dcr_expected {dcr_expected:.3f} + "
-            f"tolerance {config.dcr_tolerance} (binomial p = {p_value:.2g} < {config.dcr_alpha})"
-        )
-    return {
-        "passed": not reasons,
-        "reasons": reasons,
-        "warnings": _warnings(holdout.size, config.percentile)
-        + _dcr_warnings(len(ids), dcr_expected, config),
-        "threshold": threshold,
-        "n_synthetic": len(ids),
-        "flagged": flagged,
-        "dcr_share": dcr_share,
-        "dcr_expected": dcr_expected,
-        "dcr_p_value": p_value,
-        "dcr_low": dcr_share < dcr_expected - config.dcr_tolerance,
-        "method": {
-            "name": METHOD_NAME,
-            "distance": "1 - max normalised cross-correlation over cyclic frame shifts and "
-            "in-plane shifts up to max_shift voxels, on the audit grid",
-            "grid": results[0].grid,
-            "percentile": config.percentile,
-            "dcr_tolerance": config.dcr_tolerance,
-            "dcr_alpha": config.dcr_alpha,
-            "threshold_rule": "percentile (linear) of pooled holdout-to-own-site-train nearest "
-            "distances",
-            "flag_rule": "nearest training distance (all sites) < threshold",
-            "pass_rule": "no flagged subject, and not (dcr_share > dcr_expected + dcr_tolerance "
-            "and dcr_p_value < dcr_alpha)",
-            "dcr_p_value_rule": "binomial P(X >= wins | n_synthetic, dcr_expected), ties as wins",
-        },
-        "sites": [
-            {"site": r.site, "n_train": r.n_train, "n_holdout": r.n_holdout} for r in results
-        ],
-        "distances": {
-            "holdout_to_train": [float(d) for d in np.sort(holdout)],
-            "synthetic": [
-                {
-                    "synthetic_id": ids[i],
-                    "nearest_train": _finite(nearest_train[i]),
-                    "nearest_train_site": results[int(nearest_site[i])].site,
-                    "nearest_holdout": _finite(nearest_holdout[i]),
-                }
-                for i in range(len(ids))
-            ],
-        },
-        "files": dict(sorted(files.items())),
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "fedcmr4d_version": __version__,
-    }
-
-
-def _warnings(n_holdout: int, percentile: float) -> list[str]:
-    """Caveats a steward should read even when the audit passed."""
-    resolution = 100.0 / (n_holdout + 1)
-    if resolution <= percentile:
-        return []
-    return [
-        f"only {n_holdout} holdout subjects: the {percentile:g} percentile is not resolved, so "
-        f"about {resolution:.1f} % of subjects that memorised nothing fall below the threshold; "
-        f"use at least {int(round(100.0 / percentile)) - 1} holdout subjects over all sites"
-    ]
+    for answer in answers[1:]:
+        if answer.synthetic_ids != first.synthetic_ids:
+            raise InputError(
+                f"site {answer.site}: answered for other synthetic ids than {first.site}"
+            )
 
 
 def binomial_tail(k: int, n: int, p: float) -> float:
@@ -395,11 +347,130 @@ def binomial_tail(k: int, n: int, p: float) -> float:
     return float(scipy.stats.binom.sf(k - 1, n, p))
 
 
+def combine_answers(
+    answers: Sequence[SiteAnswer],
+    *,
+    config: AuditConfig,
+    files: dict[str, str],
+) -> dict[str, Any]:
+    """Turn several sites' answers into the ``audit.json`` payload (nothing real-subject in it).
+
+    Args:
+        answers: one :class:`SiteAnswer` per site that trained.
+        config: DCR tolerance/alpha and membership alpha (the steward's or coordinator's).
+        files: relative path -> SHA-256 of every file of the audited synthetic cohort.
+    """
+    from fedcmr4d.audit.membership import combine_membership
+
+    _check_answers(answers)
+    k = len(answers)
+    ids = answers[0].synthetic_ids
+    reasons: list[str] = []
+    flagged = [
+        {"synthetic_id": ids[i], "site": a.site}
+        for i in range(len(ids))
+        for a in answers
+        if a.copy_flags[i]
+    ]
+    if flagged:
+        reasons.append(
+            f"{len({f['synthetic_id'] for f in flagged})} synthetic subject(s) nearer to a "
+            "training subject than unseen patients are, beyond chance (tail p-value below "
+            "copy_alpha / (N * K))"
+        )
+    uncalibrated = [a.site for a in answers if not a.calibrated]
+    if uncalibrated:
+        reasons.append(
+            f"site(s) {', '.join(uncalibrated)} could not calibrate the copy test (fewer than "
+            f"{config.min_holdout} holdout subjects): the cohort is not audited there"
+        )
+    per_site = []
+    for a in answers:
+        wins = sum(a.dcr_bits)
+        expected = a.n_train / (a.n_train + a.n_holdout)
+        share = wins / len(ids) if ids else 0.0
+        p_value = binomial_tail(wins, len(ids), expected) if ids else 1.0
+        per_site.append((a, share, expected, p_value))
+        if share > expected + config.dcr_tolerance and p_value < config.dcr_alpha / k:
+            reasons.append(
+                f"site {a.site}: dcr_share {share:.3f} exceeds dcr_expected {expected:.3f} + "
+                f"tolerance {config.dcr_tolerance} (binomial p = {p_value:.2g} < "
+                f"{config.dcr_alpha} / {k})"
+            )
+    dcr_share = float(np.mean([s for _, s, _, _ in per_site]))
+    dcr_expected = float(np.mean([e for _, _, e, _ in per_site]))
+    dcr_p_value = min(1.0, k * min(p for *_, p in per_site))
+    membership = combine_membership([a.membership for a in answers], config)
+    if membership is not None and membership["passed"] is False:
+        reasons.append(membership["reason"])
+    thresholds = [a.threshold for a in answers if a.threshold is not None]
+    warnings = _dcr_warnings(len(ids), dcr_expected, config)
+    for a in answers:
+        if a.calibrated and a.n_holdout < 10:
+            warnings.append(
+                f"site {a.site}: {a.n_holdout} holdout subjects; the copy test's power is low "
+                "below 10 (docs/steward.md, 'Power of the copy test')"
+            )
+    return {
+        "passed": not reasons,
+        "reasons": reasons,
+        "warnings": warnings,
+        "threshold": min(thresholds) if thresholds else None,
+        "thresholds": sorted(thresholds),
+        "n_synthetic": len(ids),
+        "n_sites": k,
+        "site_names": sorted(a.site for a in answers),
+        "n_train": sum(a.n_train for a in answers),
+        "n_holdout": sum(a.n_holdout for a in answers),
+        "flagged": flagged,
+        "dcr_share": dcr_share,
+        "dcr_expected": dcr_expected,
+        "dcr_p_value": dcr_p_value,
+        "membership": membership,
+        "method": {
+            "name": METHOD_NAME,
+            "distance": "1 - max normalised cross-correlation over cyclic frame shifts, "
+            "in-plane shifts up to max_shift voxels, flips and rotations of the query, on the "
+            "audit grid (all slices)",
+            "grid": answers[0].method.get("grid", {}),
+            "copy_alpha": answers[0].method.get("copy_alpha"),
+            "dcr_tolerance": config.dcr_tolerance,
+            "dcr_alpha": config.dcr_alpha,
+            "membership_alpha": config.membership_alpha,
+            "threshold_rule": "per site: the distance at which the Student-t predictive tail "
+            "p-value of a log-normal fit to its holdout-to-train distances equals "
+            "copy_alpha / (N * K)",
+            "flag_rule": "tail p-value of the nearest training distance < copy_alpha / (N * K) "
+            "(Bonferroni over N synthetic subjects and K sites)",
+            "pass_rule": "no flag, every site calibrated, no site with dcr_share > dcr_expected "
+            "+ dcr_tolerance and binomial p < dcr_alpha / K, membership p >= membership_alpha",
+            "dcr_p_value_rule": "min over sites of binomial P(X >= wins | N, dcr_expected_k), "
+            "times K (capped at 1)",
+        },
+        "files": dict(sorted(files.items())),
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "fedcmr4d_version": __version__,
+    }
+
+
+def full_record(
+    audit: dict[str, Any],
+    answers: Sequence[SiteAnswer],
+    details: dict[str, SiteDetail] | None = None,
+) -> dict[str, Any]:
+    """The steward's ``audit-full.json``: the public audit plus every site's answer (and, in the
+    local form, the real distances). Never part of a release."""
+    out = dict(audit)
+    out["site_answers"] = [a.to_dict() for a in answers]
+    if details:
+        out["site_details"] = {name: asdict(d) for name, d in details.items()}
+    return out
+
+
 def _dcr_warnings(n_synthetic: int, dcr_expected: float, config: AuditConfig) -> list[str]:
     """Say when even a share of 1.0 could not fail the DCR test: it then has no power."""
     if n_synthetic == 0 or binomial_tail(n_synthetic, n_synthetic, dcr_expected) < config.dcr_alpha:
         return []
-    # smallest n with dcr_expected ** n < alpha (0 < dcr_expected < 1: both sets are non-empty)
     needed = math.floor(math.log(config.dcr_alpha) / math.log(dcr_expected)) + 1
     return [
         f"only {n_synthetic} synthetic subjects: even all of them nearer to training than to "
@@ -413,10 +484,24 @@ def _finite(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def write_audit(audit: dict[str, Any], out: str | Path, *, report: bool = True) -> Path:
-    """Write ``audit.json`` (atomically) and, by default, ``audit.html`` beside it."""
+def full_path(out: str | Path) -> Path:
+    """``audit.json`` -> ``audit-full.json`` beside it."""
+    out = Path(out)
+    return out.with_name(out.stem + FULL_SUFFIX + out.suffix)
+
+
+def write_audit(
+    audit: dict[str, Any],
+    out: str | Path,
+    *,
+    full: dict[str, Any] | None = None,
+    report: bool = True,
+) -> Path:
+    """Write ``audit.json`` (public), ``audit-full.json`` (steward only) and ``audit.html``."""
     out = Path(out)
     atomic_write_json(out, audit)
+    if full is not None:
+        atomic_write_json(full_path(out), full)
     if report:
         from fedcmr4d.audit.report import write_report
 
@@ -432,30 +517,54 @@ def run_audit(
     *,
     config: AuditConfig | None = None,
     site: str = "local",
+    checkpoint: str | Path | None = None,
     report: bool = True,
     raise_on_fail: bool = False,
 ) -> dict[str, Any]:
-    """Local audit: the combiner over one site that pools every train and holdout folder.
+    """Local audit: one site that pools every train and every holdout folder.
 
     Args:
         synthetic_dir: the synthetic cohort.
         train_dirs: real training cohorts (pooled as one site).
         holdout_dirs: real held-out cohorts (pooled).
-        out: where to write ``audit.json`` (and ``audit.html`` beside it); ``None``: don't.
+        out: where to write ``audit.json`` (``audit-full.json`` and ``audit.html`` beside it).
         config: audit settings; defaults of :class:`AuditConfig` when ``None``.
         site: the name reported for flagged subjects.
+        checkpoint: a stage-2 (or stage-1) checkpoint: adds the membership-inference test.
         report: also write the HTML report.
         raise_on_fail: raise :class:`AuditFailedError` (exit 4) after writing a failed audit.
 
-    Returns:
-        The audit dictionary.
+    Raises:
+        ConfigError: train and holdout share a subject id or an identical cine (exit 2).
     """
+    from fedcmr4d.audit.split import check_disjoint
+
     config = config or AuditConfig()
+    check_disjoint(train_dirs, holdout_dirs)
     synthetic = prepare_synthetic(synthetic_dir, config)
-    result = site_audit(synthetic, train_dirs, holdout_dirs, site=site)
-    audit = combine_site_results([result], config=config, files=synthetic.files)
+    train = _represent_dirs(train_dirs, synthetic.grid)
+    if train.shape[0] == 0:
+        names = ", ".join(str(d) for d in train_dirs) or "(none given)"
+        raise InputError(f"site {site}: no training subjects in {names}")
+    holdout = _represent_dirs(holdout_dirs, synthetic.grid)
+    membership = None
+    if checkpoint is not None:
+        from fedcmr4d.audit.membership import membership_from_checkpoint
+
+        membership = membership_from_checkpoint(checkpoint, train_dirs, holdout_dirs, config)
+    answer, detail = site_answer_from_reps(
+        synthetic.ids,
+        synthetic.reps,
+        train,
+        holdout,
+        grid=synthetic.grid,
+        config=config,
+        site=site,
+        membership=membership,
+    )
+    audit = combine_answers([answer], config=config, files=synthetic.files)
     if out is not None:
-        write_audit(audit, out, report=report)
+        write_audit(audit, out, full=full_record(audit, [answer], {site: detail}), report=report)
     if raise_on_fail and not audit["passed"]:
         where = f" (see {out})" if out is not None else ""
         raise AuditFailedError(

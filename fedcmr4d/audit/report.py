@@ -1,56 +1,26 @@
-"""HTML audit report: distance histograms and the flagged list, built from ``audit.json`` alone.
+"""HTML audit report, built from the public ``audit.json`` alone.
 
-The report only ever sees what ``audit.json`` holds (distances, synthetic ids, counts), so no
-image of a real subject can end up in it. Plots are matplotlib PNGs embedded as base64, so the
-file is self-contained and opens offline.
+The report sees only what ``audit.json`` holds (verdict, thresholds, counts, p-values, flagged
+synthetic ids, membership figures, method), so neither a real image nor a real subject's
+distance can end up in it; it may travel with a release.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from fedcmr4d.io import atomic_write_text
 
 
 def format_p_value(value: float | None) -> str:
-    """A p-value for people: 3 significant digits; "not computed" for audits older than it."""
+    """A p-value for people: 3 significant digits; "not computed" when absent."""
     return "not computed" if value is None else f"{value:.3g}"
 
 
-def _histogram_png(audit: dict[str, Any]) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    holdout = np.asarray(audit["distances"]["holdout_to_train"], dtype=float)
-    rows = audit["distances"]["synthetic"]
-    to_train = np.asarray([r["nearest_train"] for r in rows if r["nearest_train"] is not None])
-    to_holdout = np.asarray(
-        [r["nearest_holdout"] for r in rows if r["nearest_holdout"] is not None]
-    )
-    values = np.concatenate([holdout, to_train, to_holdout]) if rows else holdout
-    top = float(values.max()) if values.size else 1.0
-    bins = np.linspace(0.0, max(top, audit["threshold"]) * 1.05 + 1e-9, 40).tolist()
-    fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
-    ax.hist(holdout, bins=bins, alpha=0.55, label="holdout -> train (real, sets the bar)")
-    ax.hist(to_train, bins=bins, alpha=0.55, label="synthetic -> train")
-    ax.hist(to_holdout, bins=bins, alpha=0.4, histtype="step", lw=2, label="synthetic -> holdout")
-    ax.axvline(audit["threshold"], color="red", ls="--", label="threshold")
-    ax.set_xlabel("nearest-neighbour distance (1 - max NCC)")
-    ax.set_ylabel("subjects")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+def _number(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.6f}"
 
 
 def render_report(audit: dict[str, Any]) -> str:
@@ -60,18 +30,24 @@ def render_report(audit: dict[str, Any]) -> str:
     colour = "#1a7f37" if audit["passed"] else "#cf222e"
     reasons = "".join(f"<li>{esc(r)}</li>" for r in audit.get("reasons", [])) or "<li>none</li>"
     warnings = "".join(f"<li>{esc(w)}</li>" for w in audit.get("warnings", [])) or "<li>none</li>"
-    sites = "".join(
-        f"<tr><td>{esc(s['site'])}</td><td>{s['n_train']}</td><td>{s['n_holdout']}</td></tr>"
-        for s in audit["sites"]
-    )
     flagged = (
         "".join(
-            f"<tr><td>{esc(f['synthetic_id'])}</td><td>{f['distance']:.6f}</td>"
-            f"<td>{esc(f['site'])}</td></tr>"
+            f"<tr><td>{esc(f['synthetic_id'])}</td><td>{esc(f['site'])}</td></tr>"
             for f in audit["flagged"]
         )
-        or "<tr><td colspan=3>none</td></tr>"
+        or "<tr><td colspan=2>none</td></tr>"
     )
+    membership = audit.get("membership")
+    if membership:
+        member_text = (
+            f"<p>Stage {esc(str(membership['stage']))}: AUC {membership['auc']:.3f}, TPR at 1 % "
+            f"FPR {membership['tpr_at_1pct_fpr']:.3f}, {membership['n_members']} members / "
+            f"{membership['n_nonmembers']} non-members, one-sided Mann-Whitney p "
+            f"{format_p_value(membership['p_value'])} (fails below {membership['alpha']} / "
+            "stages).</p>"
+        )
+    else:
+        member_text = "<p>Not run (no model given to the audit).</p>"
     method = audit["method"]
     grid = ", ".join(f"{esc(str(k))}={esc(str(v))}" for k, v in method["grid"].items())
     return f"""<!doctype html>
@@ -80,26 +56,22 @@ def render_report(audit: dict[str, Any]) -> str:
 td,th{{border:1px solid #ccc;padding:2px 8px}}table{{border-collapse:collapse}}</style></head>
 <body>
 <h1>Memorization audit: <span style="color:{colour}">{verdict}</span></h1>
-<p>{audit["n_synthetic"]} synthetic subjects; threshold {audit["threshold"]:.6f}
-(the {method["percentile"]} percentile of real holdout-to-train nearest distances);
-DCR share {audit["dcr_share"]:.3f} (expected without memorization {audit["dcr_expected"]:.3f},
-tolerance {method["dcr_tolerance"]}; binomial p-value {format_p_value(audit.get("dcr_p_value"))},
-an excess fails below {method.get("dcr_alpha", "?")}).</p>
+<p>{audit["n_synthetic"]} synthetic subjects audited at {audit["n_sites"]} site(s)
+({audit["n_train"]} training / {audit["n_holdout"]} holdout subjects in all); strictest copy
+threshold {_number(audit["threshold"])}; DCR share {audit["dcr_share"]:.3f} (expected without
+memorization {audit["dcr_expected"]:.3f}, tolerance {method["dcr_tolerance"]}; p-value
+{format_p_value(audit.get("dcr_p_value"))}, an excess fails below {method["dcr_alpha"]}).</p>
 <h2>Reasons for failure</h2><ul>{reasons}</ul>
 <h2>Warnings</h2><ul>{warnings}</ul>
-<h2>Distances</h2>
-<img alt="nearest-neighbour distance histograms"
- src="data:image/png;base64,{_histogram_png(audit)}">
 <h2>Flagged synthetic subjects</h2>
-<table><tr><th>synthetic id</th><th>distance</th><th>site</th></tr>{flagged}</table>
-<h2>Sites</h2>
-<table><tr><th>site</th><th>train</th><th>holdout</th></tr>{sites}</table>
+<table><tr><th>synthetic id</th><th>site</th></tr>{flagged}</table>
+<h2>Membership inference</h2>{member_text}
 <h2>Method</h2>
 <p>{esc(method["name"])}: {esc(method["distance"])}. Grid: {grid}.</p>
 <p>Threshold: {esc(method["threshold_rule"])}. Flag: {esc(method["flag_rule"])}.
 Pass: {esc(method["pass_rule"])}.</p>
-<p>Only distances, synthetic ids and counts were used; no image of a real subject is in this
-report.</p>
+<p>Sites sent only per-synthetic-subject bits, thresholds, counts and rank statistics; no
+image and no distance of a real subject is in this report.</p>
 </body></html>
 """
 

@@ -60,6 +60,7 @@ def _register() -> None:
         figure,
         release,
         sample,
+        split,
         train,
     )
 

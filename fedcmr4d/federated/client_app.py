@@ -3,9 +3,9 @@
 Handlers:
     ``train``: local steps of the stage named in the message, from the global weights.
     ``evaluate``: the global model's losses on the site's holdout subjects.
-    ``query.audit``: nearest-neighbour distances of the coordinator's synthetic cohort to the
-        site's training and holdout subjects (memorization audit); only distances, synthetic
-        ids and counts are sent back.
+    ``query.audit``: the site's audit answer (docs/privacy.md, "The audit protocol"): per
+        synthetic subject a copy flag and a DCR bit, its threshold, counts and membership
+        aggregates; never a real-subject distance.
 
 Every message carries ``config`` (stage, the coordinator's resolved YAML config and, in
 simulation, ``cohort-root``/``state-root``) and ``arrays`` (global weights); stage-2 messages
@@ -103,17 +103,28 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 @app.query("audit")
 def audit(msg: Message, context: Context) -> Message:
-    """Nearest-neighbour distances of the synthetic cohort to this site's train/holdout data."""
+    """The site's answer to an audit query (:mod:`fedcmr4d.audit.site_answer`): copy flags and
+    DCR bits per synthetic subject, threshold, counts and membership aggregates only."""
+    from fedcmr4d.audit.site_answer import answer_from_message_parts
+
     config = msg.content.config_records["config"]
     cfg = config_from_dict(yaml.safe_load(str(config["config-yaml"])), "coordinator config")
     site = SiteSettings.resolve(dict(context.node_config), dict(config))
-    reps = msg.content.array_records["synthetic"]["reps"].numpy()
-    result = site_ops.audit_site(
-        site.apply(cfg),
-        site,
-        [str(i) for i in config["synthetic-ids"]],  # type: ignore[union-attr]
-        reps,
-        json.loads(str(config["grid"])),
+    cfg = site.apply(cfg)
+    train_ids, holdout_ids = site_ops.site_subjects(site, cfg)
+    files = msg.content.config_records.get("synthetic-files")
+    result = answer_from_message_parts(
+        query_json=str(config["audit-query"]),
+        names=None if files is None else [str(n) for n in files["names"]],  # type: ignore[union-attr]
+        blobs=None if files is None else list(files["blobs"]),  # type: ignore[arg-type]
+        model_cfg=cfg,
+        diffusion=record_to_weights(msg.content.array_records["diffusion"]),
+        site=site.name,
+        cohort_dir=site.cohort,
+        train_ids=train_ids,
+        holdout_ids=holdout_ids,
+        state_dir=site.state_dir,
+        node_config=dict(context.node_config),
     )
     return _reply(msg, site, audit=ConfigRecord({"result": json.dumps(result)}))
 

@@ -126,6 +126,10 @@ def run_round(
         "sites_replied": len(replies),
         "sites_accepted": len(accepted),
         "accepted": report.accepted,
+        "examples": {  # what each accepted site declared (the audit checks its counts against it)
+            site_name(r): int(r.content.metric_records["metrics"].get(WEIGHT_KEY, 0))  # type: ignore[arg-type]
+            for r in accepted
+        },
         "rejected": rejected,
         "refused": len(screened.refused),
         "privacy": site_privacy(replies),

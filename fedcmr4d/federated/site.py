@@ -14,7 +14,6 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fedcmr4d.config import Config
@@ -180,39 +179,3 @@ def evaluate_round(
     metrics.setdefault("num-examples", len(holdout_ids))
     return releasable_metrics(metrics, dp=site.policy.dp_required(cfg))
 
-
-def audit_site(
-    cfg: Config,
-    site: SiteSettings,
-    synthetic_ids: list[str],
-    synthetic_reps: np.ndarray,
-    grid: dict[str, Any],
-) -> dict[str, Any]:
-    """This site's share of the memorization audit: distances and counts only.
-
-    The site represents its own train/holdout split of its cohort on the coordinator's grid and
-    runs :func:`fedcmr4d.audit.memorization.site_audit_from_reps`, the computation the local audit
-    uses too.
-
-    Args:
-        synthetic_ids: the synthetic subjects' ids, in the order of ``synthetic_reps``.
-        synthetic_reps: (N, slices, grid, grid, frames) audit representations of the synthetic
-            cohort, prepared once by the coordinator (synthetic data only).
-        grid: the audit grid (``AuditGrid.as_dict()``) every site must use.
-
-    Returns:
-        ``SiteAuditResult.to_dict()``: no image, no real subject id leaves the site.
-    """
-    from fedcmr4d.audit.features import AuditGrid, represent_cohort
-    from fedcmr4d.audit.memorization import site_audit_from_reps
-
-    audit_grid = AuditGrid.from_dict(grid)
-    train_ids, holdout_ids = site_subjects(site, cfg)
-    cohort = open_cohort(site.cohort)
-    _, train = represent_cohort(cohort, audit_grid, train_ids)
-    _, holdout = represent_cohort(cohort, audit_grid, holdout_ids)
-    synthetic = torch.from_numpy(np.ascontiguousarray(synthetic_reps, dtype=np.float32))
-    result = site_audit_from_reps(
-        list(synthetic_ids), synthetic, train, holdout, grid=audit_grid, site=site.name
-    )
-    return result.to_dict()

@@ -13,7 +13,7 @@ provenance: checkpoint SHA-256, config name, seed, privacy per site if recorded,
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,26 +141,55 @@ def decode_subject(gen: Generator4D, slice_latents: Tensor) -> np.ndarray:
     return cine.float().cpu().numpy()
 
 
-def _provenance(gen: Generator4D, seed: int, mode: str) -> dict[str, Any]:
+def _provenance(gen: Generator4D, seed: int, mode: str, batch_size: int) -> dict[str, Any]:
     meta = gen.checkpoint.meta
     provenance: dict[str, Any] = {
         "source": "synthetic",
         "sampling": mode,
-        "checkpoint": gen.checkpoint.root.resolve().name,  # a name, not a path of this machine
+        "checkpoint": gen.checkpoint.root.name,  # a name, not a path of this machine
         "checkpoint_sha256": sha256_file(gen.checkpoint.root / WEIGHTS_FILE),
         "autoencoder_sha256": meta["autoencoder"]["sha256"],
         "config_name": gen.cfg.name,
         "seed": seed,
+        "batch_size": batch_size,
         "sampler": gen.cfg.diffusion.sampler,
         "sample_steps": gen.cfg.diffusion.sample_steps,
         "weights": "ema" if gen.used_ema else "raw",
         "code_version": code_version(),
         "checkpoint_code_version": meta.get("code_version"),
     }
-    for key in ("privacy", "privacy_per_site"):
-        if key in meta:
-            provenance[key] = meta[key]
+    sites = privacy_sites(meta)
+    if sites:
+        provenance["privacy"] = {"sites": sites}
     return provenance
+
+
+def privacy_sites(meta: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """``{site: {stage: {"epsilon", "delta", "accountant"}}}`` from a stage-2 checkpoint's meta.
+
+    A federated checkpoint carries it as ``privacy.sites``; a local DP run's ledger (one
+    ``epsilon`` for all its segments together) becomes the one site ``local``, its stage the
+    segments' stages joined by ``+``. Empty without DP.
+    """
+    privacy = meta.get("privacy")
+    if not isinstance(privacy, dict):
+        return {}
+    if isinstance(privacy.get("sites"), dict):
+        return {
+            str(site): {
+                str(stage): {k: v.get(k) for k in ("epsilon", "delta", "accountant")}
+                for stage, v in stages.items()
+                if isinstance(v, dict)
+            }
+            for site, stages in privacy["sites"].items()
+            if isinstance(stages, dict)
+        }
+    if "epsilon" in privacy:
+        stages = [str(s.get("stage")) for s in privacy.get("segments", []) if isinstance(s, dict)]
+        label = "+".join(dict.fromkeys(stages)) or "all"
+        entry = {k: privacy.get(k) for k in ("epsilon", "delta", "accountant")}
+        return {"local": {label: entry}}
+    return {}
 
 
 def _write(gen: Generator4D, out: Path, subject_id: str, cine: np.ndarray, seed: int) -> None:
@@ -206,41 +235,61 @@ def _run(
             "use sample_slicewise (--slicewise) for a slice-wise model"
         )
     out = Path(out_dir)
-    generator = torch.Generator().manual_seed(seed)
-    # Slice-wise: every slice is its own sample, so a subject costs S passes' worth of samples.
-    per_subject = slices if slicewise else 1
-    total = n_subjects * per_subject
     steps = len(build_sample_scheduler(gen.cfg.diffusion).timesteps)
-    ids = [f"synth{i:04d}" for i in range(n_subjects)]
-    pending: list[Tensor] = []  # slice latents (D, h, w, t) of the subject being assembled
-    written = 0
+    per_subject = slices if slicewise else 1
+    ids = []
     with progress_bar(progress) as bar:
-        n_batches = -(-total // batch_size)
+        n_batches = -(-(n_subjects * per_subject) // batch_size)
         task = bar.add_task("sampling", total=n_batches * steps) if bar else None
 
         def on_step(_: int) -> None:
             if bar is not None and task is not None:
                 bar.advance(task)
 
-        for start in range(0, total, batch_size):
-            n = min(batch_size, total - start)
-            latents = sample_latent_stacks(gen, n, generator, on_step)  # (n, S', D, h, w, t)
-            for item in latents:
-                pending.extend(item)
-                while len(pending) >= slices and written < n_subjects:
-                    cine = decode_subject(gen, torch.stack(pending[:slices]))
-                    pending = pending[slices:]
-                    _write(gen, out, ids[written], cine, seed)
-                    written += 1
+        for subject_id, cine in generate_subjects(
+            gen, n_subjects, seed=seed, batch_size=batch_size, slicewise=slicewise, on_step=on_step
+        ):
+            _write(gen, out, subject_id, cine, seed)
+            ids.append(subject_id)
     mode = "slicewise" if slicewise else "one-pass"
     write_cohort_index(
         out,
         ids,
         spacing=COHORT_SPACING_MM,
         frames=gen.cfg.data.frames,
-        provenance=_provenance(gen, seed, mode),
+        provenance=_provenance(gen, seed, mode, batch_size),
     )
     return open_cohort(out)
+
+
+def generate_subjects(
+    gen: Generator4D,
+    n_subjects: int,
+    *,
+    seed: int,
+    batch_size: int,
+    slicewise: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> Iterator[tuple[str, np.ndarray]]:
+    """(``synthNNNN``, (X, Y, S, T) cine) for every subject, in order; deterministic given the
+    weights, ``seed`` and ``batch_size`` (a site re-samples a cohort with it to verify it)."""
+    slices = gen.cfg.data.slices
+    generator = torch.Generator().manual_seed(seed)
+    # Slice-wise: every slice is its own sample, so a subject costs S passes' worth of samples.
+    per_subject = slices if slicewise else 1
+    total = n_subjects * per_subject
+    pending: list[Tensor] = []  # slice latents (D, h, w, t) of the subject being assembled
+    written = 0
+    for start in range(0, total, batch_size):
+        n = min(batch_size, total - start)
+        latents = sample_latent_stacks(gen, n, generator, on_step)  # (n, S', D, h, w, t)
+        for item in latents:
+            pending.extend(item)
+            while len(pending) >= slices and written < n_subjects:
+                cine = decode_subject(gen, torch.stack(pending[:slices]))
+                pending = pending[slices:]
+                yield f"synth{written:04d}", cine
+                written += 1
 
 
 def sample_cohort(

@@ -1,8 +1,10 @@
 """``DATASHEET.md`` of a release: what the data are, where they came from, how they were checked.
 
-Written from ``provenance.json`` and ``audit.json`` only. The cohort provenance is whatever the
-sampler recorded in ``cohort.json`` (checkpoint SHA-256, config, seed, epsilon per site); well
-known keys are pulled out into a summary and the whole record is reproduced verbatim.
+Written from ``provenance.json`` and the public ``audit.json`` only. The cohort provenance is
+what the sampler recorded in ``cohort.json`` (checkpoint name and SHA-256, config, seed), with
+absolute paths already reduced to names; each site's (epsilon, delta, accountant) per stage is a
+table of its own; well known keys are pulled out into a summary and the whole record is
+reproduced verbatim.
 """
 
 from __future__ import annotations
@@ -18,12 +20,37 @@ _SUMMARY_KEYS = (
     ("autoencoder_sha256", "Autoencoder SHA-256"),
     ("config_name", "Config"),
     ("seed", "Sampling seed"),
-    ("epsilon", "Privacy epsilon"),
-    ("delta", "Privacy delta"),
-    ("epsilon_per_site", "Epsilon per site"),
-    ("sites", "Sites"),
     ("source", "Source"),
 )
+
+
+def _privacy_table(sites: dict[str, Any]) -> list[str]:
+    if not sites:
+        return ["No differential privacy recorded: the model was trained without DP-SGD."]
+    rows = ["| site | stage | epsilon | delta | accountant |", "|---|---|---|---|---|"]
+    for site in sorted(sites):
+        for stage in sorted(sites[site]):
+            entry = sites[site][stage]
+
+            def show(value: Any) -> str:
+                return f"{value:.4g}" if isinstance(value, int | float) else str(value)
+
+            rows.append(
+                f"| {site} | {stage} | {show(entry.get('epsilon'))} | "
+                f"{show(entry.get('delta'))} | {show(entry.get('accountant'))} |"
+            )
+    return rows
+
+
+def _membership_line(membership: dict[str, Any] | None) -> str:
+    if not membership:
+        return "- Membership inference: not run (the audit was given no model)."
+    return (
+        f"- Membership inference on the model's loss: AUC {membership['auc']:.3f}, TPR at 1 % "
+        f"FPR {membership['tpr_at_1pct_fpr']:.3f} ({membership['n_members']} training vs "
+        f"{membership['n_nonmembers']} holdout subjects; one-sided Mann-Whitney p "
+        f"{format_p_value(membership.get('p_value'))})."
+    )
 
 
 def _summary(provenance: dict[str, Any]) -> list[str]:
@@ -36,18 +63,16 @@ def _summary(provenance: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.6f}"
+
+
 def render_datasheet(provenance: dict[str, Any], audit: dict[str, Any]) -> str:
     """Markdown datasheet for a release."""
     cohort = provenance["cohort"]
     summary = provenance["audit"]
     release = provenance["release"]
-    sites = (
-        ", ".join(
-            f"{s['site']} ({s['n_train']} train / {s['n_holdout']} holdout)"
-            for s in summary["sites"]
-        )
-        or "n/a"
-    )
+    sites = ", ".join(summary.get("site_names") or []) or "n/a"
     rows = _summary(cohort["provenance"]) or ["| (none recorded) | |"]
     method = audit.get("method", {})
     grid = method.get("grid", {})
@@ -73,17 +98,23 @@ def render_datasheet(provenance: dict[str, Any], audit: dict[str, Any]) -> str:
             json.dumps(cohort["provenance"], indent=2, sort_keys=True),
             "```",
             "",
+            "## Differential privacy per site",
+            *_privacy_table(provenance.get("privacy", {}).get("sites", {})),
+            "",
             "## Memorization audit",
             f"- Result: **{'passed' if summary['passed'] else 'FAILED'}**; method "
             f"`{summary['method']}` (1 - max normalised cross-correlation over cyclic frame "
-            f"shifts and in-plane shifts up to {grid.get('max_shift', '?')} voxels).",
-            f"- Threshold {summary['threshold']:.6f}: the {method.get('percentile', '?')} "
-            "percentile of real holdout-to-train nearest distances, computed at the sites.",
+            f"shifts, in-plane shifts up to {grid.get('max_shift', '?')} voxels, flips and "
+            "rotations, all slices).",
+            f"- Strictest copy threshold {_fmt(summary['threshold'])}: computed at each site "
+            "from its own holdout subjects (a log-normal tail with a false-alarm rate of "
+            f"{method.get('copy_alpha', '?')} for the whole cohort).",
             f"- Flagged synthetic subjects: {summary['n_flagged']} of {summary['n_synthetic']}.",
             f"- DCR share {summary['dcr_share']:.3f} (expected without memorization "
             f"{summary['dcr_expected']:.3f}, tolerance {method.get('dcr_tolerance', '?')}; "
             f"binomial p-value {format_p_value(summary.get('dcr_p_value'))}, fails below "
             f"{method.get('dcr_alpha', '?')}).",
+            _membership_line(summary.get("membership")),
             f"- Sites: {sites}.",
             f"- `audit.json` SHA-256 `{summary['sha256']}`; histograms in `audit.html`.",
             "",
@@ -93,7 +124,7 @@ def render_datasheet(provenance: dict[str, Any], audit: dict[str, Any]) -> str:
             "- The audit finds near-copies of training subjects under noise, small shifts, "
             "intensity changes and phase shifts; it does not prove that no information about a "
             "patient is present. Differential privacy, where used, is the formal guarantee "
-            "(see epsilon above).",
+            "(see the table above).",
             "",
             "## Verify before use",
             "```",

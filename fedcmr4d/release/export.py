@@ -4,9 +4,12 @@ Layout (DESIGN.md)::
 
     release/
       cohort/          exact copy of the audited synthetic cohort
-      audit.json       the audit, byte for byte (audit.html too when it sits beside it)
-      provenance.json  the cohort's provenance (checkpoint hash, config, seed, epsilon per site),
-                       audit summary, signer fingerprint, tool version
+      audit.json       the public audit, byte for byte (audit.html too when it sits beside it):
+                       verdict, thresholds, counts, p-values, membership figures, method -- no
+                       real-subject distance or id (``audit-full.json`` stays with the steward)
+      provenance.json  the cohort's provenance (checkpoint name and hash, config, seed),
+                       ``privacy.sites`` (each site's epsilon, delta, accountant per stage), audit
+                       summary, signer fingerprint, tool version; names, never absolute paths
       DATASHEET.md     the same for humans, plus intended use and how to verify
       croissant.json   Croissant 1.1 JSON-LD: files, subject records, RAI fields (croissant.py)
       manifest.json    SHA-256 of every other file (canonical JSON)
@@ -47,6 +50,8 @@ AUDIT_REPORT_FILE = "audit.html"
 PROVENANCE_FILE = "provenance.json"
 DATASHEET_FILE = "DATASHEET.md"
 _REQUIRED_AUDIT_KEYS = ("passed", "threshold", "n_synthetic", "flagged", "dcr_share", "files")
+#: Keys only the steward's full audit (or an audit from before the public form) has.
+_PRIVATE_AUDIT_KEYS = ("site_details", "site_answers", "distances", "sites")
 
 
 def read_audit(path: str | Path) -> dict[str, Any]:
@@ -56,6 +61,13 @@ def read_audit(path: str | Path) -> dict[str, Any]:
     missing = [k for k in _REQUIRED_AUDIT_KEYS if k not in audit]
     if missing:
         raise InputError(f"{path}: not an audit.json (missing {', '.join(missing)})")
+    private = [k for k in _PRIVATE_AUDIT_KEYS if k in audit]
+    if private:
+        raise AuditFailedError(
+            f"{path}: holds {', '.join(private)} (real-subject distances or per-site detail): "
+            "that is the steward's full audit; release the public audit.json beside it, or "
+            "re-run `fedcmr4d audit` (release refused)"
+        )
     return audit
 
 
@@ -88,16 +100,40 @@ def _read_index(cohort_dir: Path) -> dict[str, Any]:
     return index
 
 
+def _relative(value: Any) -> Any:
+    """Absolute paths of the sampling machine become their last component (recursively)."""
+    if isinstance(value, dict):
+        return {k: _relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relative(v) for v in value]
+    if isinstance(value, str) and (value.startswith("/") or value[1:3] in (":\\", ":/")):
+        return Path(value).name
+    return value
+
+
+def _absolute_paths(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [p for v in value.values() for p in _absolute_paths(v)]
+    if isinstance(value, list):
+        return [p for v in value for p in _absolute_paths(v)]
+    return [value] if isinstance(value, str) and _relative(value) != value else []
+
+
 def _provenance(
     index: dict[str, Any], audit: dict[str, Any], audit_sha: str, signer: str, created: str
 ) -> dict[str, Any]:
+    cohort_provenance = _relative(index.get("provenance", {}))
+    privacy = cohort_provenance.get("privacy")
+    sites = privacy.get("sites", {}) if isinstance(privacy, dict) else {}
+    membership = audit.get("membership") or None
     return {
         "cohort": {
             "n_subjects": len(index["subjects"]),
             "spacing_mm": index.get("spacing_mm"),
             "frames": index.get("frames"),
-            "provenance": index.get("provenance", {}),
+            "provenance": cohort_provenance,
         },
+        "privacy": {"sites": sites},
         "audit": {
             "passed": audit["passed"],
             "threshold": audit["threshold"],
@@ -106,8 +142,15 @@ def _provenance(
             "dcr_share": audit["dcr_share"],
             "dcr_expected": audit.get("dcr_expected"),
             "dcr_p_value": audit.get("dcr_p_value"),
+            "membership": None
+            if membership is None
+            else {
+                k: membership.get(k)
+                for k in ("auc", "tpr_at_1pct_fpr", "n_members", "n_nonmembers", "p_value")
+            },
             "method": audit.get("method", {}).get("name"),
-            "sites": audit.get("sites", []),
+            "n_sites": audit.get("n_sites"),
+            "site_names": audit.get("site_names", []),
             "sha256": audit_sha,
         },
         "release": {"created_utc": created, "fedcmr4d_version": __version__, "signer": signer},
@@ -147,6 +190,13 @@ def build_release(
     audit = read_audit(audit_path)
     check_audit_matches(audit, audit_path, cohort_dir)
     index = _read_index(cohort_dir)
+    absolute = _absolute_paths(index.get("provenance", {}))
+    if absolute:
+        raise InputError(
+            f"{cohort_dir / COHORT_INDEX}: provenance names paths of the sampling machine "
+            f"({', '.join(absolute[:3])}); a release carries names and hashes only: re-sample "
+            "with this version of fedcmr4d (release refused)"
+        )
     key = load_private_key(key_path, passphrase)
     signer = fingerprint(key.public_key())
     created = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

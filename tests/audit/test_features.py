@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from fedcmr4d.audit.features import AuditGrid, represent_cine, represent_subject
+from fedcmr4d.audit.features import AuditGrid, represent_cine, represent_subject, variants
 from fedcmr4d.data.phantom import make_phantom_subject
 from fedcmr4d.errors import ConfigError
 
@@ -31,13 +32,26 @@ def test_gain_and_offset_do_not_change_the_representation():
     assert np.allclose(represent_subject(subject, GRID), rep, atol=1e-5)
 
 
-def test_fewer_slices_repeat_edge_slices():
-    cine = np.zeros((16, 16, 2, 8), dtype=np.float32)
-    cine[:, :, 0] = 1.0
-    rep = represent_cine(cine, (1.0, 1.0), AuditGrid(fov_mm=16, grid=16, slices=4, frames=8))
-    first, last = rep[0].mean(), rep[3].mean()
-    assert first > 0 > last
-    assert np.allclose(rep[0], rep[1]) and np.allclose(rep[2], rep[3])
+def test_every_slice_contributes():
+    cine = np.random.default_rng(1).random((16, 16, 9, 8), dtype=np.float32)
+    grid = AuditGrid(fov_mm=16, grid=16, slices=4, frames=8)
+    rep = represent_cine(cine, (1.0, 1.0), grid)
+    for z in (0, 8):  # the outermost slices change the representation too
+        changed = cine.copy()
+        changed[:, :, z] = 0.0
+        assert not np.allclose(represent_cine(changed, (1.0, 1.0), grid), rep, atol=1e-3)
+
+
+def test_flip_and_rotation_variants_contain_the_mirrored_copy():
+    subject = make_phantom_subject("p", 3, image_size=32)
+    grid = AuditGrid(fov_mm=32.0, grid=16, slices=4, frames=8)
+    rep = torch.from_numpy(represent_subject(subject, grid))[None]
+    subject.cine = subject.cine[::-1].copy()
+    mirrored = torch.from_numpy(represent_subject(subject, grid))[None]
+    found = variants(mirrored, grid)
+    assert found.shape == (1, grid.n_variants, 4, 16, 16, 8) == (1, 12, 4, 16, 16, 8)
+    assert float((found[0] * rep[0]).sum(dim=(1, 2, 3, 4)).max()) > 0.999
+    assert float((mirrored[0] * rep[0]).sum()) < 0.99
 
 
 def test_constant_image_gives_zeros_not_nan():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from fedcmr4d.audit.memorization import run_audit
-from fedcmr4d.errors import AuditFailedError, ConfigError
+from fedcmr4d.data.cohort import open_cohort
+from fedcmr4d.errors import AuditFailedError, ConfigError, InputError
 from fedcmr4d.release.export import build_release
 from fedcmr4d.release.manifest import MANIFEST_FILE, SIGNATURE_FILE, canonical_json
 from fedcmr4d.release.sign import PASSPHRASE_ENV, generate_keypair, load_private_key, sign_bytes
@@ -217,3 +219,74 @@ def test_check_happens_before_any_output(inputs: dict[str, Path], tmp_path: Path
         build_release(inputs["synthetic"], broken, inputs["key"], tmp_path / "rel",
                       passphrase=PASS)  # fmt: skip
     assert not any(p.name.startswith(".rel") for p in tmp_path.iterdir())
+
+
+def _release_texts(release: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(release)): p.read_bytes().decode("utf-8", "replace")
+        for p in release.rglob("*")
+        if p.is_file() and not p.name.endswith(".nii.gz")
+    }
+
+
+def test_release_names_no_real_subject_no_path_and_no_real_distance(
+    cohorts: Any, tmp_path: Path
+):
+    """Independent of the audit's own code: scan every text file of a built release."""
+    synthetic = Path(shutil.copytree(cohorts.fresh, tmp_path / "synthetic"))
+    index = json.loads((synthetic / "cohort.json").read_text())
+    index["provenance"] = {
+        "source": "synthetic",
+        "checkpoint": "diffusion",
+        "checkpoint_sha256": "ab" * 32,
+        "seed": 3,
+        "privacy": {
+            "sites": {
+                "site-A": {"autoencoder": {"epsilon": 4.5, "delta": 1e-5, "accountant": "rdp"},
+                           "diffusion": {"epsilon": 7.25, "delta": 1e-5, "accountant": "rdp"}},
+                "site-B": {"diffusion": {"epsilon": 6.5, "delta": 2e-5, "accountant": "prv"}},
+            }
+        },
+    }  # fmt: skip
+    (synthetic / "cohort.json").write_text(json.dumps(index))
+    audit_path = tmp_path / "steward" / "audit.json"
+    audit_path.parent.mkdir()
+    run_audit(synthetic, [cohorts.train], [cohorts.holdout], audit_path)
+    full = json.loads((audit_path.parent / "audit-full.json").read_text())
+    generate_keypair(tmp_path / "keys", PASS)
+    release = build_release(synthetic, audit_path, tmp_path / "keys" / "signing.key",
+                            tmp_path / "release", passphrase=PASS)  # fmt: skip
+    texts = _release_texts(release)
+    assert "audit-full.json" not in texts and "audit.json" in texts
+    real_ids = [*open_cohort(cohorts.train).subject_ids, *open_cohort(cohorts.holdout).subject_ids]
+    detail = full["site_details"]["local"]
+    distances = detail["holdout_to_train"] + detail["synthetic_to_train"]
+    assert len(distances) == 40
+    for name, text in texts.items():
+        assert not [i for i in real_ids if i in text], name
+        assert str(tmp_path) not in text and "/tmp" not in text, name
+        strings = re.findall(r'"(/[^"]*)"', text)
+        assert not strings, (name, strings)
+        assert not [d for d in distances if repr(d) in text or f"{d:.6f}" in text], name
+    provenance = json.loads(texts["provenance.json"])
+    assert provenance["privacy"]["sites"]["site-B"]["diffusion"]["epsilon"] == 6.5
+    sheet = texts["DATASHEET.md"]
+    assert "| site-A | diffusion | 7.25 | 1e-05 | rdp |" in sheet
+    assert "| site-B | diffusion | 6.5 | 2e-05 | prv |" in sheet
+
+
+def test_release_refuses_a_full_audit_and_absolute_paths(cohorts: Any, tmp_path: Path):
+    synthetic = Path(shutil.copytree(cohorts.fresh, tmp_path / "synthetic"))
+    run_audit(synthetic, [cohorts.train], [cohorts.holdout], tmp_path / "audit.json")
+    generate_keypair(tmp_path / "keys", PASS)
+    key = tmp_path / "keys" / "signing.key"
+    with pytest.raises(AuditFailedError, match="full audit"):
+        build_release(synthetic, tmp_path / "audit-full.json", key, tmp_path / "r1",
+                      passphrase=PASS)  # fmt: skip
+    index = json.loads((synthetic / "cohort.json").read_text())
+    index["provenance"] = {"checkpoint": str(tmp_path / "runs" / "diffusion")}
+    (synthetic / "cohort.json").write_text(json.dumps(index))
+    run_audit(synthetic, [cohorts.train], [cohorts.holdout], tmp_path / "audit2.json")
+    with pytest.raises(InputError, match="paths of the sampling machine"):
+        build_release(synthetic, tmp_path / "audit2.json", key, tmp_path / "r2",
+                      passphrase=PASS)  # fmt: skip
