@@ -56,8 +56,8 @@ def subject_scores(
     from fedcmr4d.data.datasets import cine_slices, load_cines
     from fedcmr4d.models.losses import diffusion_loss
     from fedcmr4d.schedulers import build_train_scheduler
-    from fedcmr4d.train.models import stack_slices_of
     from fedcmr4d.stages.diffusion import encode_subject
+    from fedcmr4d.train.models import stack_slices_of
 
     if not subject_ids:
         return {"autoencoder": np.zeros(0), **({"diffusion": np.zeros(0)} if unet else {})}
