@@ -65,7 +65,7 @@ def test_public_audit_holds_no_real_distance_or_id(cohorts: Any, planted_audit: 
 def test_threshold_is_the_tail_model_of_the_holdout(cohorts: Any, planted_audit: dict[str, Any]):
     audit, full = planted_audit["audit"], planted_audit["full"]
     holdout = np.asarray(full["site_details"]["A"]["holdout_to_train"])
-    level = 0.05 / audit["n_synthetic"]
+    level = AuditConfig().copy_alpha / audit["n_synthetic"]
     assert audit["threshold"] == pytest.approx(tail_threshold(holdout, level))
     assert tail_p_values(holdout, np.array([audit["threshold"]]))[0] == pytest.approx(level)
     assert audit["files"] == tree_hashes(cohorts.planted)
