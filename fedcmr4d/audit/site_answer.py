@@ -37,6 +37,7 @@ import torch
 from fedcmr4d.config import AuditConfig, Config
 from fedcmr4d.errors import ConfigError, InputError
 from fedcmr4d.io import atomic_write_json, read_json_object, sha256_file
+from fedcmr4d.privacy.policy import PREFIX, PolicyRefusal
 
 COUNTER_FILE = "audit-queries.json"
 #: Queries a site answers per model unless its node config sets `max-audits`.
@@ -45,8 +46,16 @@ DEFAULT_MAX_AUDITS = 3
 RESAMPLE_TOLERANCE = 1e-4
 
 
-class AuditRefused(ConfigError):
-    """The site will not answer this query (the reason names the check that failed)."""
+class AuditRefused(PolicyRefusal):
+    """The site will not answer this query (the reason names the check that failed).
+
+    A policy refusal, so the coordinator sees its one line (``site policy: audit query: ...``,
+    synthetic names only) rather than an opaque error id; a line naming a file path still leaves
+    only as a category (:mod:`fedcmr4d.federated.outbound`).
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason if reason.startswith(PREFIX) else f"{PREFIX} {reason}")
 
 
 @dataclass

@@ -20,7 +20,8 @@ from flwr.simulation import run_simulation
 
 from fedcmr4d.federated import client_app as real_site
 from fedcmr4d.federated.audit_stage import build_query, query_records
-from fedcmr4d.federated.server_app import _message_config, make_server_app
+from fedcmr4d.federated.messages import message_config
+from fedcmr4d.federated.server_app import make_server_app
 from fedcmr4d.federated.settings import RunSettings
 from fedcmr4d.federated.simulation import run_simulated_federation, simulation_backend
 from fedcmr4d.io import sha256_file
@@ -51,7 +52,7 @@ def _probe_app(settings: RunSettings, real_cine: Path, replies: list[Message]) -
     def _main(grid: Grid, context: Context) -> None:
         out = Path(settings.out_dir)
         cfg = settings.load()
-        config = _message_config(settings, "audit", cfg, cfg.to_yaml())
+        config = message_config(settings, "audit", cfg, cfg.to_yaml())
         query, diffusion, _, blobs = build_query(out, out / "synthetic", 2)
         assert blobs is not None
         probe = dict(blobs)
