@@ -51,6 +51,7 @@ from fedcmr4d.federated.strategies import (
     build_strategy,
     restore_strategy_state,
     strategy_state,
+    weighted_mean,
 )
 from fedcmr4d.io import atomic_write_json
 
@@ -183,9 +184,8 @@ def evaluate_stage(
     }
     total = sum(m.get(WEIGHT_KEY, 0.0) for m in per_site.values())
     keys = sorted({k for m in per_site.values() for k in m} - {WEIGHT_KEY})
-    mean: dict[str, float] = {}
-    for key in keys if total else []:
-        mean[key] = sum(m.get(key, 0.0) * m.get(WEIGHT_KEY, 0.0) for m in per_site.values()) / total
+    rows = list(per_site.values())
+    mean = {key: weighted_mean(rows, key, WEIGHT_KEY) for key in keys} if total else {}
     return {"sites": per_site, "mean": mean, "num-examples": total}
 
 

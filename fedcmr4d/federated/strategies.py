@@ -35,6 +35,15 @@ MAX_METRICS = ("epsilon", "delta")
 SUM_METRICS = (WEIGHT_KEY,)
 
 
+def weighted_mean(rows: list[dict[str, float]], key: str, weight_key: str) -> float:
+    """Mean of ``key`` over ``rows`` weighted by ``weight_key``; a row without ``key`` counts 0.
+
+    The one weighted mean of per-site metrics (training replies and stage evaluations).
+    """
+    total = sum(r.get(weight_key, 0.0) for r in rows) or 1.0
+    return sum(r.get(key, 0.0) * r.get(weight_key, 0.0) for r in rows) / total
+
+
 def aggregate_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord:
     """Weighted mean of losses, sum of examples, maximum of privacy spent (epsilon, delta).
 
@@ -42,19 +51,21 @@ def aggregate_metrics(contents: list[RecordDict], weight_key: str) -> MetricReco
         contents: reply RecordDicts, each with a ``metrics`` MetricRecord.
         weight_key: the metric that weights the mean (``num-examples``).
     """
-    records = [c.metric_records["metrics"] for c in contents if "metrics" in c.metric_records]
-    weights = [float(r.get(weight_key, 0.0)) for r in records]  # type: ignore[arg-type]
-    total = sum(weights) or 1.0
+    records = [
+        {k: float(v) for k, v in c.metric_records["metrics"].items()}  # type: ignore[arg-type]
+        for c in contents
+        if "metrics" in c.metric_records
+    ]
     keys = sorted({k for r in records for k in r})
     out: dict[str, float] = {}
     for key in keys:
-        values = [(float(r[key]), w) for r, w in zip(records, weights, strict=True) if key in r]  # type: ignore[arg-type]
+        values = [r[key] for r in records if key in r]
         if key in MAX_METRICS:
-            out[key] = max(v for v, _ in values)
+            out[key] = max(values)
         elif key in SUM_METRICS:
-            out[key] = sum(v for v, _ in values)
+            out[key] = sum(values)
         else:
-            out[key] = sum(v * w for v, w in values) / total
+            out[key] = weighted_mean(records, key, weight_key)
     return MetricRecord(out)  # type: ignore[arg-type]
 
 
