@@ -201,7 +201,7 @@ class AuditConfig(_Strict):
     config supplies these values, never the coordinator's message (docs/privacy.md)."""
 
     copy_alpha: float = Field(
-        0.01,
+        0.05,
         gt=0,
         lt=1,
         description="family-wise false-alarm rate of the copy test on a fresh cohort "
