@@ -21,6 +21,7 @@ from fedcmr4d.data.cohort import open_cohort
 from fedcmr4d.errors import ConfigError, InputError
 from fedcmr4d.federated.settings import SiteSettings
 from fedcmr4d.privacy.site import releasable_metrics
+from fedcmr4d.stages import Stage
 from fedcmr4d.train.local import split_subjects
 
 Weights = dict[str, torch.Tensor]
@@ -142,7 +143,8 @@ def train_round(
     train_ids, _ = site_subjects(site, cfg)
     privacy = open_privacy(stage, cfg, site, len(train_ids), rounds)
     if privacy is not None:
-        site.policy.check_sample_rate(getattr(cfg.train, stage).batch_size, len(train_ids))
+        batch_size = cfg.train.stage(Stage.parse(stage)).batch_size
+        site.policy.check_sample_rate(batch_size, len(train_ids))
         start_step = (server_round - 1) * cfg.round_steps(stage)
         site.policy.check_noise(privacy.noise_multiplier(stage, start_step))
     trainer = make_trainer(stage, cfg, site, train_ids, autoencoder, privacy)
