@@ -59,6 +59,10 @@ log = logging.getLogger("flwr.fedcmr4d")  # propagates to Flower's handler: `flw
 Progress = Callable[[str], None]
 
 
+#: Written to the out-dir when a round misses the quorum (the round is not counted).
+QUORUM_FAILED_FILE = "quorum-failed.json"
+
+
 class QuorumError(ConfigError):
     """A round had fewer accepted updates than ``federation.min_accepted``: it does not count."""
 
@@ -307,6 +311,8 @@ class Coordinator:
         )
         log.error("%s", text)
         self.progress(text)
+        # The round's record, for the operator: it is not in the history (the round did not count).
+        atomic_write_json(self.out / QUORUM_FAILED_FILE, {**row, "reason": text})
         raise QuorumError(text)
 
     def after_round(self, state: ServerState) -> None:

@@ -41,6 +41,7 @@ import httpx
 import pytest
 
 from fedcmr4d.federated.certs import make_all
+from fedcmr4d.federated.coordinator import QUORUM_FAILED_FILE
 from fedcmr4d.federated.pinning import app_digest, build_fab
 
 REPO = Path(__file__).resolve().parents[2]
@@ -308,7 +309,8 @@ def test_gate_pinned_apps_and_a_site_killed_mid_round(
                 "coordinator",
                 "--run-config",
                 f'stages="autoencoder" evaluate=false out-dir="{out}" rounds-autoencoder=2 '
-                'round-timeout=100.0 overrides="federation.min_nodes=2;train.autoencoder.steps=1"',
+                'round-timeout=100.0 overrides="federation.min_nodes=2;train.autoencoder.steps=1;'
+                'federation.min_accepted=1"',  # the quorum holds with site-a alone
             ],
             cwd=REPO,
             env=dep.env,
@@ -348,9 +350,13 @@ def test_gate_pinned_apps_and_a_site_killed_mid_round(
                 120,
                 f"{site}'s refusal",
             )
-        _wait_for(lambda: (out_mod / "metrics.jsonl").is_file(), 60, "the refused round's record")
-        (row,) = _rows(out_mod)
+        # No update accepted: below the quorum the round does not count and no checkpoint is
+        # written; the coordinator keeps the round's record with both refusals.
+        refused = out_mod / QUORUM_FAILED_FILE
+        _wait_for(refused.is_file, 60, "the refused round's record")
+        row = json.loads(refused.read_text())
         assert row["sites_accepted"] == 0 and len(row["rejected"]) == 2
         assert all("site app pin: app bundle sha256:" in r["reason"] for r in row["rejected"])
+        assert not (out_mod / "autoencoder").exists() and not (out_mod / "metrics.jsonl").exists()
     assert not marker.exists(), "the modified app's code ran at a site"
     assert (tmp_path / "coordinator-modified").is_dir()
