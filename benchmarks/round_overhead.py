@@ -44,8 +44,9 @@ REPEATS = 2  # timed local runs, and federated rounds after the first, per stage
 
 def overrides_for(steps: int) -> list[str]:
     """Config overrides: ``steps`` local steps per round in both stages (``Config.round_steps``,
-    which both the local call and the ClientApp use)."""
-    return [f"federation.local_steps_{stage}={steps}" for stage in STAGES]
+    which both the local call and the ClientApp use); one site, so its reply is the quorum."""
+    steps_keys = [f"federation.local_steps_{stage}={steps}" for stage in STAGES]
+    return [*steps_keys, "federation.min_nodes=1", "federation.min_accepted=1"]
 
 
 def local_seconds(

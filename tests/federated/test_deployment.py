@@ -330,9 +330,10 @@ def test_gate_pinned_apps_and_a_site_killed_mid_round(
         rows = _rows(out)
         assert [r["round"] for r in rows] == [1, 2]
         sites = [sorted(name.split(" ")[0] for name in r["accepted"]) for r in rows]
-        # Round 1: site-a alone, after the full round-timeout (site-b's reply never came).
-        assert sites[0] == ["site-a"] and rows[0]["sites_replied"] == 1, rows[0]
-        assert rows[0]["seconds"] >= 100
+        # Round 1: site-a alone (site-b's reply never came, or came back as an error).
+        # (site-b's lost task may come back as an error reply from the SuperLink: never accepted)
+        assert sites[0] == ["site-a"], rows[0]
+        assert all("site-a" not in r["site"] for r in rows[0]["rejected"]), rows[0]
         # Round 2: the restarted site-b trained (site-a too, unless these busy cores made its
         # reply later than round-timeout: that is not what this test is about).
         assert "site-b" in sites[1] and rows[1]["rejected"] == [], rows[1]

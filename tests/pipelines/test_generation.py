@@ -62,7 +62,8 @@ def test_one_pass_is_seeded_and_writes_a_cohort(
     prov = a.index["provenance"]
     assert prov["sampling"] == "one-pass" and prov["seed"] == 1 and prov["config_name"] == "tiny"
     assert prov["checkpoint_sha256"] == sha256_file(checkpoints["one_pass"] / "model.safetensors")
-    assert prov["privacy"] == {"epsilon": 3.0} and prov["code_version"]
+    # a local DP run's ledger is the one site "local" (fedcmr4d.pipelines.generation.privacy_sites)
+    assert prov["privacy"]["sites"]["local"]["all"]["epsilon"] == 3.0 and prov["code_version"]
 
 
 def test_slicewise_baseline(tmp_path: Path, checkpoints: dict[str, Path]) -> None:

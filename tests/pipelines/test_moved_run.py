@@ -129,7 +129,7 @@ def _stage_checkpoints(out: Path, cohort: Path) -> None:
         arrays: ArrayRecord = weights_to_record(weights)
         save_stage_checkpoint(out / stage, stage, cfg, arrays, state, evaluation)
     assert load_checkpoint(out / "diffusion").meta["latent_scale"] == pytest.approx(
-        ldm.latent_scale
+        ldm.checkpoint_meta()["latent_scale"]
     )
 
 
