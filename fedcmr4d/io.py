@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedcmr4d.errors import InputError
 
 _CHUNK = 1 << 20
@@ -121,3 +123,17 @@ def tree_hashes(root: str | Path, exclude: frozenset[str] = frozenset()) -> dict
     """``{relative POSIX path: SHA-256}`` of every file under ``root`` (sorted by path)."""
     root = Path(root)
     return {rel: sha256_file(root / rel) for rel in list_files(root, exclude)}
+
+
+def weights_digest(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over names, dtypes, shapes and bytes (sorted by name): a model's identity.
+
+    The one digest of a set of weights: the stage-1 delivery names the autoencoder by it and the
+    audit query names the global model by it.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        value = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
+        digest.update(value.tobytes())
+    return digest.hexdigest()

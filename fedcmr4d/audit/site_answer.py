@@ -24,7 +24,6 @@ is refused at step 4, and bounded by step 1 when re-sampling is switched off.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,7 @@ import torch
 
 from fedcmr4d.config import AuditConfig, Config
 from fedcmr4d.errors import ConfigError, InputError
-from fedcmr4d.io import atomic_write_json, read_json_object, sha256_file
+from fedcmr4d.io import atomic_write_json, read_json_object, sha256_file, weights_digest
 from fedcmr4d.privacy.policy import PREFIX, PolicyRefusal
 
 COUNTER_FILE = "audit-queries.json"
@@ -97,16 +96,6 @@ class AuditQuery:
             if path.is_absolute() or ".." in path.parts or not path.parts:
                 raise AuditRefused(f"audit query: file name {rel!r} is not a relative path")
         return query
-
-
-def weights_digest(arrays: dict[str, np.ndarray]) -> str:
-    """The model's identity (same as the stage-1 delivery digest)."""
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        value = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
 
 
 def count_query(state_dir: Path, model_digest: str, max_audits: int) -> int:

@@ -103,8 +103,8 @@ def build_query(
     out: Path, synthetic_dir: Path, n_sites: int
 ) -> tuple[Any, dict[str, Any], Any, dict[str, bytes] | None]:
     """(AuditQuery, stage-2 weights, stage-1 digest, file bytes or None) for a cohort."""
-    from fedcmr4d.audit.site_answer import AuditQuery, weights_digest
-    from fedcmr4d.io import read_json_object, tree_hashes
+    from fedcmr4d.audit.site_answer import AuditQuery
+    from fedcmr4d.io import read_json_object, tree_hashes, weights_digest
     from fedcmr4d.train.checkpoint import load_checkpoint
 
     diffusion = load_checkpoint(out / "diffusion")

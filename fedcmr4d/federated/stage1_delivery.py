@@ -17,11 +17,9 @@ A restarted coordinator starts with an empty delivery list, so its first round r
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message
 from safetensors.torch import load_file, save_file
@@ -33,20 +31,11 @@ from fedcmr4d.federated.records import (
     record_to_numpy,
     record_to_weights,
 )
+from fedcmr4d.io import weights_digest
 
 REF_KEY = "autoencoder-ref"
 ARRAYS_KEY = "autoencoder"
 CACHE_FILE = "stage1-autoencoder.safetensors"
-
-
-def weights_digest(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 over names, dtypes, shapes and bytes (sorted by name): the model's identity."""
-    digest = hashlib.sha256()
-    for name in sorted(arrays):
-        value = np.ascontiguousarray(arrays[name])
-        digest.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
-        digest.update(value.tobytes())
-    return digest.hexdigest()
 
 
 class Stage1Delivery:
