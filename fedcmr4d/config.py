@@ -105,6 +105,12 @@ class StageTrainConfig(_Strict):
     betas: list[float] = Field(default_factory=lambda: [0.5, 0.9], min_length=2, max_length=2)
     weight_decay: float = Field(0.0, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    lr_schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="after the warm-up: constant, or cosine decay to min_lr_ratio x lr at the "
+        "stage's last step (local: steps; federated: rounds x local steps)",
+    )
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine: the last step's lr / lr")
     grad_clip: float = Field(1.0, gt=0)
     grad_accumulation: int = Field(1, ge=1)
     slices_per_subject: int = Field(1, ge=1, description="random slices drawn per subject per step")

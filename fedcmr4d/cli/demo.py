@@ -14,32 +14,61 @@ from fedcmr4d.cli import app
 @app.command()
 def demo(
     out: Path = typer.Option(Path("fedcmr4d-demo"), "--out", help="Folder for everything."),
-    config: str = typer.Option("tiny", "--config", help="Config name or YAML path."),
+    quick: bool = typer.Option(
+        False,
+        "--quick",
+        help="A pipeline check in about a minute (config tiny, 6 subjects per site, 3 + 3 "
+        "rounds): every step runs, the samples are noise.",
+    ),
+    config: str | None = typer.Option(
+        None, "--config", help="Config name or YAML path [default: demo; --quick: tiny]."
+    ),
     overrides: list[str] = typer.Option([], "--set", help="Override, e.g. seed=3 (repeatable)."),
-    subjects: int = typer.Option(6, "--subjects", min=2, help="Phantom subjects per site."),
-    synthetic: int = typer.Option(6, "--synthetic", min=1, help="Synthetic subjects to sample."),
-    rounds_autoencoder: int = typer.Option(
-        3, "--rounds-autoencoder", help="Stage-1 rounds (-1: the config's)."
+    subjects: int | None = typer.Option(
+        None, "--subjects", min=2, help="Phantom subjects per site [default: 32; --quick: 6]."
     ),
-    rounds_diffusion: int = typer.Option(
-        3, "--rounds-diffusion", help="Stage-2 rounds (-1: the config's)."
+    synthetic: int | None = typer.Option(
+        None, "--synthetic", min=1, help="Synthetic subjects to sample [default: 24; --quick: 6]."
     ),
+    reference: int | None = typer.Option(
+        None,
+        "--reference",
+        min=2,
+        help="Held-out real phantoms for the evaluation [default: 24; --quick: 6].",
+    ),
+    rounds_autoencoder: int | None = typer.Option(
+        None,
+        "--rounds-autoencoder",
+        help="Stage-1 rounds (-1: the config's) [default: -1; --quick: 3].",
+    ),
+    rounds_diffusion: int | None = typer.Option(
+        None,
+        "--rounds-diffusion",
+        help="Stage-2 rounds (-1: the config's) [default: -1; --quick: 3].",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the phantom sites and reference cohort."),
     evaluate: bool = typer.Option(True, "--evaluate/--no-evaluate", help="Write the report."),
 ) -> None:
     """Three phantom hospitals (vendors A/B/C) -> federated VQ-VAE + latent diffusion (Flower
     Simulation Engine) -> federated memorization audit -> signed, verified release -> report.
 
-    Runs in minutes on a laptop CPU with the `tiny` config and leaves no process behind.
+    The default run trains the `demo` config (about 10 minutes on 2 CPU cores) and its samples
+    are beating phantom hearts; the summary table ends with their FID ratio, EF W1 and EF spread
+    against 24 held-out real phantoms. `--quick` checks every step in about a minute (its
+    samples are noise). Leaves no process behind.
     """
     from fedcmr4d.federated.demo import DemoOptions, run_demo
 
     console = Console()
     options = DemoOptions(
         out=out,
+        quick=quick,
         config=config,
         overrides=list(overrides),
         subjects_per_site=subjects,
         synthetic_subjects=synthetic,
+        reference_subjects=reference,
+        seed=seed,
         rounds_autoencoder=rounds_autoencoder,
         rounds_diffusion=rounds_diffusion,
         evaluate=evaluate,

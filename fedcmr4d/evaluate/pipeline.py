@@ -90,13 +90,61 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(finite)) if finite else None
 
 
-def real_real_fid(features: np.ndarray) -> list[float] | None:
-    """FID per depth between two halves of the real cohort (alternate subjects); None if the
-    cohort has fewer than 4 subjects. Each half has N/2 subjects, so this baseline carries
-    somewhat more small-sample bias than synthetic vs (all) real."""
-    if features.shape[0] < 4:
+def _ratio(numerator: float | None, denominator: float | None) -> float | None:
+    return numerator / denominator if numerator is not None and denominator else None
+
+
+def _std(values: list[float]) -> float | None:
+    """Sample standard deviation (ddof 1) of the finite values; None below two."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.std(finite, ddof=1)) if len(finite) >= 2 else None
+
+
+def real_halves(n_real: int) -> tuple[slice, slice] | None:
+    """The two disjoint halves of ``m = n_real // 2`` alternate real subjects; None below 4."""
+    if n_real < 4:
         return None
-    return fid_across_depth(depth_moments(features[0::2]), depth_moments(features[1::2]))
+    m = n_real // 2
+    return slice(0, 2 * m, 2), slice(1, 2 * m, 2)
+
+
+def real_real_fid(features: np.ndarray) -> list[float] | None:
+    """FID per depth between two halves of the real cohort (alternate subjects, ``N // 2``
+    each); None if the cohort has fewer than 4 subjects."""
+    halves = real_halves(features.shape[0])
+    if halves is None:
+        return None
+    a, b = halves
+    return fid_across_depth(depth_moments(features[a]), depth_moments(features[b]))
+
+
+def matched_fid(synthetic: np.ndarray, real: np.ndarray) -> tuple[list[float], int] | None:
+    """Synthetic-real FID per depth at the real-real baseline's sample sizes.
+
+    FID is biased upwards by small samples (the covariance of m subjects' frames), so a ratio
+    against the real-real baseline (``N // 2`` vs ``N // 2`` subjects) is like with like only at
+    equal sizes: ``m = N // 2`` synthetic subjects are compared with each real half (the first
+    m with half A, the next m with half B when there are 2m, else the same m with both) and the
+    two FIDs are averaged per depth.
+
+    Args:
+        synthetic, real: (N, Z, T, D) per-frame features.
+
+    Returns:
+        (FID per depth, m), or None when the baseline or m synthetic subjects are missing.
+    """
+    halves = real_halves(real.shape[0])
+    if halves is None:
+        return None
+    m = real.shape[0] // 2
+    if synthetic.shape[0] < m:
+        return None
+    second = synthetic[m : 2 * m] if synthetic.shape[0] >= 2 * m else synthetic[:m]
+    fids = [
+        fid_across_depth(depth_moments(syn), depth_moments(real[half]))
+        for syn, half in zip((synthetic[:m], second), halves, strict=True)
+    ]
+    return [float(v) for v in np.mean(np.asarray(fids), axis=0)], m
 
 
 def _segmenter_dir(real: Cohort, out_dir: Path, segmenter_dir: Path | None, cfg: Config) -> Path:
@@ -139,6 +187,8 @@ def build_metrics(
     fid = fid_across_depth(depth_moments(synthetic.features), depth_moments(real.features))
     baseline = real_real_fid(real.features)
     rr_mean = float(np.mean(baseline)) if baseline is not None else None
+    matched = matched_fid(synthetic.features, real.features)
+    matched_mean = float(np.mean(matched[0])) if matched is not None else None
     ef_syn = {sid: f.ef for sid, f in synthetic.lv.items()}
     ef_real = {sid: f.ef for sid, f in real.lv.items()}
     fid_mean = float(np.mean(fid))
@@ -149,13 +199,22 @@ def build_metrics(
         "fid_real_real_depth": baseline,
         "fid_real_real_mean": rr_mean,
         "fid_real_real_std": float(np.std(baseline)) if baseline is not None else None,
-        "fid_ratio": fid_mean / rr_mean if rr_mean else None,
+        "fid_matched_depth": matched[0] if matched is not None else None,
+        "fid_matched_mean": matched_mean,
+        "fid_matched_subjects": matched[1] if matched is not None else None,
+        "fid_ratio": matched_mean / rr_mean if rr_mean and matched_mean is not None else None,
+        "fid_ratio_method": "matched: synthetic-real at the real-real baseline's sizes "
+        "(N // 2 subjects per side), averaged over the two real halves",
         "fid_samples": "per frame: each frame of slice z is one sample at depth z",
         "ef_synthetic": {k: _finite(v) for k, v in ef_syn.items()},
         "ef_real": {k: _finite(v) for k, v in ef_real.items()},
         "ef_real_source": {sid: f.source for sid, f in real.lv.items()},
         "ef_w1": _finite(ef_wasserstein(list(ef_syn.values()), list(ef_real.values()))),
         "ef_synthetic_mean": _mean(list(ef_syn.values())),
+        "ef_synthetic_std": _std(list(ef_syn.values())),
+        "ef_real_std": _std(list(ef_real.values())),
+        "ef_std_ratio": _ratio(_std(list(ef_syn.values())), _std(list(ef_real.values()))),
+        "ef_synthetic_found": sum(math.isfinite(v) for v in ef_syn.values()),
         "ef_real_mean": _mean(list(ef_real.values())),
         "smoothness_synthetic_mean": _mean([f.smoothness for f in synthetic.lv.values()]),
         "smoothness_real_mean": _mean([f.smoothness for f in real.lv.values()]),

@@ -173,12 +173,26 @@ def render_html(
             "FID across depth, mean ± sd",
             f"{_fmt(metrics.get('fid_mean'))} ± {_fmt(metrics.get('fid_std'))}",
         ),
-        ("real-real FID (split real cohort), mean", metrics.get("fid_real_real_mean")),
-        ("FID ratio synthetic / real-real", metrics.get("fid_ratio")),
+        ("real-real FID (two halves of the real cohort), mean", metrics.get("fid_real_real_mean")),
+        (
+            f"synthetic-real FID at the halves' size ({metrics.get('fid_matched_subjects')} "
+            "subjects a side), mean",
+            metrics.get("fid_matched_mean"),
+        ),
+        ("FID ratio synthetic / real-real (same sizes)", metrics.get("fid_ratio")),
         ("EF W1 synthetic vs real (EF points)", metrics.get("ef_w1")),
         (
             "EF mean real / synthetic (%)",
             f"{_fmt(metrics.get('ef_real_mean'))} / {_fmt(metrics.get('ef_synthetic_mean'))}",
+        ),
+        (
+            "EF sd real / synthetic (%), ratio",
+            f"{_fmt(metrics.get('ef_real_std'))} / {_fmt(metrics.get('ef_synthetic_std'))}, "
+            f"{_fmt(metrics.get('ef_std_ratio'))}",
+        ),
+        (
+            "synthetic subjects with an LV found",
+            f"{metrics.get('ef_synthetic_found')} of {metrics.get('n_synthetic')}",
         ),
         (
             "curve smoothness real / synthetic",

@@ -154,6 +154,7 @@ def train_round(
             raise ConfigError("fedprox (proximal-mu > 0) is not supported with privacy.enabled")
         add_proximal_term(trainer, global_weights, proximal_mu)
     steps = cfg.round_steps(stage)
+    trainer.total_steps = rounds.get(stage, server_round) * steps
     trainer.global_step = (server_round - 1) * steps
     torch.manual_seed(round_seed(cfg, site.name, stage, server_round))
     metrics = releasable_metrics(trainer.train(steps), dp=site.policy.dp_required(cfg))

@@ -17,7 +17,8 @@ object never sees the trainer.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+import math
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +59,37 @@ def build_stage(
     return DiffusionStage(cfg, cines, runtime, autoencoder_weights=autoencoder_weights)
 
 
+def lr_factor(tc: StageTrainConfig, step: int, total_steps: int) -> float:
+    """The lr multiplier of optimizer step ``step`` (0-based) of a stage of ``total_steps``.
+
+    A linear warm-up over ``warmup_steps``, then constant or (``lr_schedule: cosine``) a cosine
+    decay from 1 to ``min_lr_ratio`` at the last step. A function of the stage's true step, so a
+    federated site, whose trainer is built anew every round, continues the schedule where the
+    previous round left it instead of warming up again.
+    """
+    warm = min(1.0, (step + 1) / tc.warmup_steps) if tc.warmup_steps else 1.0
+    if tc.lr_schedule == "constant" or total_steps <= 1:
+        return warm
+    progress = min(1.0, max(0, step - tc.warmup_steps) / max(1, total_steps - 1 - tc.warmup_steps))
+    return warm * (
+        tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    )
+
+
 def build_optimizers(
-    models: dict[str, nn.Module], lrs: dict[str, float], tc: StageTrainConfig, cfg: Config, dp: bool
+    models: dict[str, nn.Module],
+    lrs: dict[str, float],
+    tc: StageTrainConfig,
+    cfg: Config,
+    dp: bool,
+    factor: Callable[[], float],
 ) -> tuple[dict[str, torch.optim.Optimizer], dict[str, torch.optim.lr_scheduler.LRScheduler]]:
-    """AdamW per model with a linear warm-up of ``warmup_steps`` then a constant lr.
+    """AdamW per model with the lr schedule ``factor()`` (:func:`lr_factor` of the next step).
 
     Under DP with ``privacy.optimizer: sgd``: SGD with momentum at ``privacy.sgd_lr``, constant.
     Adam divides each coordinate by its own RMS, so coordinates where the DP noise dominates
     (most of them at small batches) all move by about lr per step; SGD keeps their step in
-    proportion to the noise, which averages out (docs/privacy.md). A decay schedule would need
-    the run's total step count, which a federated site does not know; decay is left to the
-    federation's rounds.
+    proportion to the noise, which averages out (docs/privacy.md).
     """
     p = cfg.privacy
     if dp and p.optimizer == "sgd":
@@ -87,11 +108,8 @@ def build_optimizers(
         )
         for name, model in models.items()
     }
-    warmup = tc.warmup_steps
     schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {
-        name: torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
-        )
+        name: torch.optim.lr_scheduler.LambdaLR(opt, lambda _: factor())
         for name, opt in optimizers.items()
     }
     return optimizers, schedulers
@@ -131,7 +149,8 @@ class StageTrainer:
             runtime = Runtime.from_config(cfg, chosen)
         self.runtime = runtime
         self.device = runtime.device
-        self.global_step = 0
+        self._global_step = 0
+        self.total_steps = cfg.train.stage(self.stage).steps
         self.epoch = 0
         if privacy is not None and not isinstance(privacy, Privacy):
             missing = [m for m in PRIVACY_METHODS if m not in dir(privacy)]
@@ -153,7 +172,12 @@ class StageTrainer:
         )
         self.models = self.impl.models
         self.optimizers, self.lr_schedulers = build_optimizers(
-            self.models, self.impl.learning_rates(), tc, cfg, dp=privacy is not None
+            self.models,
+            self.impl.learning_rates(),
+            tc,
+            cfg,
+            dp=privacy is not None,
+            factor=lambda: lr_factor(self.train_cfg, self._global_step, self.total_steps),
         )
         self.privacy = privacy
         self.engine: SubjectDP | None = None
@@ -183,6 +207,27 @@ class StageTrainer:
         self._batches: Iterator[Tensor] | None = None
         self.ema: dict[str, Tensor] | None = None
         self._reset_ema()
+
+    @property
+    def global_step(self) -> int:
+        """Optimizer steps of this stage so far (across rounds in a federation)."""
+        return self._global_step
+
+    @global_step.setter
+    def global_step(self, step: int) -> None:
+        """Set the stage's step (a federated round, a resume) and the lr that goes with it."""
+        self._global_step = int(step)
+        self.sync_lr()
+
+    def sync_lr(self) -> None:
+        """Put every optimizer's lr at the schedule's value for the next step."""
+        for sched in getattr(self, "lr_schedulers", {}).values():
+            factors = [f(sched.last_epoch) for f in sched.lr_lambdas]  # type: ignore[attr-defined]
+            for group, base, f in zip(
+                sched.optimizer.param_groups, sched.base_lrs, factors, strict=True
+            ):
+                group["lr"] = base * f
+            sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]  # type: ignore[attr-defined]
 
     @property
     def train_cfg(self) -> StageTrainConfig:
@@ -228,7 +273,8 @@ class StageTrainer:
                 self.global_step, self.next_batch, self.optim, accumulation
             )
         self._update_ema()
-        self.global_step += 1
+        self._global_step += 1
+        self.sync_lr()
         return metrics
 
     def train(self, steps: int, *, progress: bool = False) -> dict[str, float]:
@@ -340,6 +386,7 @@ class StageTrainer:
             opt.load_state_dict(state["optimizers"][key])
         for key, sched in self.lr_schedulers.items():
             sched.load_state_dict(state["lr_schedulers"][key])
+        self.sync_lr()
 
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()

@@ -157,3 +157,42 @@ def test_an_object_that_is_not_a_privacy_is_refused(tiny_cohort: Path, tiny_cfg:
         StageTrainer("autoencoder", tiny_cfg, tiny_cohort, privacy=object())  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="lacks before_train, after_train, checkpoint_meta"):
         StageTrainer("autoencoder", tiny_cfg, tiny_cohort, privacy=AttachOnly())  # type: ignore[arg-type]
+
+
+def _lrs_of(trainer: StageTrainer, steps: int) -> list[float]:
+    """The autoencoder optimizer's lr used by each of the next ``steps`` steps."""
+    seen = []
+    for _ in range(steps):
+        seen.append(trainer.optimizers["autoencoder"].param_groups[0]["lr"])
+        trainer.train(1)
+    return seen
+
+
+def test_lr_schedule_follows_the_stage_step_across_rebuilt_trainers(tiny_cohort: Path) -> None:
+    # A federated site builds its trainer anew every round and sets global_step: the warm-up
+    # must not start again, and the cosine decay must reach min_lr_ratio at the stage's end.
+    cfg = load_config(
+        "tiny",
+        [
+            "train.autoencoder.warmup_steps=2",
+            "train.autoencoder.lr_schedule=cosine",
+            "train.autoencoder.min_lr_ratio=0.1",
+            "autoencoder.adversarial_start_step=100",
+        ],
+    )
+    ids = ["phantom000", "phantom001"]
+    straight = StageTrainer("autoencoder", cfg, tiny_cohort, subject_ids=ids)
+    straight.total_steps = 6
+    whole = _lrs_of(straight, 6)
+    first = StageTrainer("autoencoder", cfg, tiny_cohort, subject_ids=ids)
+    first.total_steps = 6
+    rounds = _lrs_of(first, 3)
+    second = StageTrainer("autoencoder", cfg, tiny_cohort, subject_ids=ids)
+    second.total_steps = 6
+    second.global_step = 3
+    rounds += _lrs_of(second, 3)
+    lr = cfg.train.autoencoder.lr
+    assert rounds == pytest.approx(whole)
+    assert whole[0] == pytest.approx(lr / 2) and whole[1] == pytest.approx(lr)
+    assert whole[-1] == pytest.approx(0.1 * lr)
+    assert whole[1] > whole[3] > whole[5]
