@@ -146,7 +146,9 @@ def write_subject_labels(
     folder = Path(cohort_dir) / subject_id
     cine_img = _load_nifti(folder / CINE_FILE)
     if tuple(labels.shape) != tuple(cine_img.shape):
-        raise InputError(f"{folder / CINE_FILE}: labels {labels.shape} differ from {cine_img.shape}")
+        raise InputError(
+            f"{folder / CINE_FILE}: labels {labels.shape} differ from {cine_img.shape}"
+        )
     zooms = cine_img.header.get_zooms()
     frame_ms = float(zooms[3]) if len(zooms) > 3 else 0.0
     image = _nifti(np.ascontiguousarray(labels, dtype=np.uint8), cine_img.affine, frame_ms)

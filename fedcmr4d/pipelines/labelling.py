@@ -257,9 +257,7 @@ def require_labels(cohort: Cohort) -> None:
         )
 
 
-def label_and_measure(
-    synthetic_dir: str | Path, segmenter_dir: str | Path
-) -> dict[str, Any]:
+def label_and_measure(synthetic_dir: str | Path, segmenter_dir: str | Path) -> dict[str, Any]:
     """Label a synthetic cohort (:func:`label_cohort`) and return its EF summary.
 
     For the demo and the steward's flow: call after sampling and before the audit. Returns
