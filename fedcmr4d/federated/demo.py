@@ -149,7 +149,11 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
         from fedcmr4d.evaluate.pipeline import evaluate_cohorts
 
         metrics = evaluate_cohorts(
-            fed / "synthetic", out / "reference", out / "evaluation", cfg=cfg
+            fed / "synthetic",
+            out / "reference",
+            out / "evaluation",
+            segmenter_dir=settings.label_segmenter or None,  # one segmenter for both
+            cfg=cfg,
         )
         result.report = Path(metrics["report"])
         result.rows.append(("evaluation", _fmt(metrics.get("fid_mean")), "FID (mean over depth)"))
@@ -162,7 +166,8 @@ def _labelling_segmenter(settings: RunSettings, cfg: Config, out: Path, say: Say
     """Train the segmenter that labels the sampled cohort before its audit (not under DP).
 
     A stand-in for a federated segmenter (not built yet): site-A's own segmenter, trained on its
-    labelled frames. Under DP no labels are made (pipelines/labelling.py refuses them).
+    labelled frames; the evaluation reuses it (and its encoder as the FID feature network).
+    Under DP no labels are made (pipelines/labelling.py refuses them).
     """
     if cfg.privacy.enabled:
         say("  labels: none (DP run; the segmenter is not trained under DP)")
