@@ -68,8 +68,12 @@ def test_demo_runs_every_step_and_leaves_no_process(tmp_path: Path) -> None:
         ("diffusion", 3),
     ]
     audit = json.loads((fed / "audit.json").read_text())
+    synthetic = json.loads((fed / "synthetic" / "cohort.json").read_text())
+    assert synthetic["provenance"]["labels"]["n_labelled"] == 2  # labelled before the audit
+    assert all(f"{sid}/labels.nii.gz" in audit["files"] for sid in synthetic["subjects"])
     if audit["passed"]:
         assert verify_release(out / "release", out / "keys" / "signing.pub").n_files > 0
+        assert (out / "release" / "cohort" / synthetic["subjects"][0] / "labels.nii.gz").is_file()
         assert "verified" in run.stdout
     else:
         assert "release refused" in run.stdout and not (out / "release").exists()

@@ -58,6 +58,7 @@ def _register() -> None:
         export,
         federation,
         figure,
+        label,
         release,
         sample,
         split,

@@ -27,7 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from fedcmr4d.errors import InputError
-from fedcmr4d.io import atomic_write_json, read_json_object
+from fedcmr4d.io import atomic_write, atomic_write_json, read_json_object
 
 FORMAT_VERSION = 1
 COHORT_INDEX = "cohort.json"
@@ -128,6 +128,36 @@ def write_subject(cohort_dir: str | Path, subject: Subject) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def write_subject_labels(
+    cohort_dir: str | Path, subject_id: str, labels: np.ndarray, meta_update: dict[str, Any]
+) -> Path:
+    """Add ``labels.nii.gz`` to an existing subject and merge ``meta_update`` into its meta.
+
+    Each file goes through a temporary name and a rename (the labels first, the meta last, so a
+    meta that names ED/ES frames always has its labels beside it). The label map takes the cine's
+    grid: affine and frame time are read from ``cine.nii.gz``.
+
+    Args:
+        labels: (X, Y, Z, T) uint8 map, the cine's shape.
+        meta_update: keys written into ``meta.json`` (existing keys of the same name replaced).
+    """
+    folder = Path(cohort_dir) / subject_id
+    cine_img = _load_nifti(folder / CINE_FILE)
+    if tuple(labels.shape) != tuple(cine_img.shape):
+        raise InputError(
+            f"{folder / CINE_FILE}: labels {labels.shape} differ from {cine_img.shape}"
+        )
+    zooms = cine_img.header.get_zooms()
+    frame_ms = float(zooms[3]) if len(zooms) > 3 else 0.0
+    image = _nifti(np.ascontiguousarray(labels, dtype=np.uint8), cine_img.affine, frame_ms)
+    atomic_write(folder / LABELS_FILE, lambda tmp: nib.save(image, tmp), mode=0o644)
+    meta: dict[str, Any] = {}
+    if (folder / META_FILE).exists():
+        meta = read_json_object(folder / META_FILE, "subject meta")
+    atomic_write_json(folder / META_FILE, {**meta, **meta_update, "subject_id": subject_id})
+    return folder / LABELS_FILE
 
 
 def _load_nifti(path: Path) -> nib.Nifti1Image:

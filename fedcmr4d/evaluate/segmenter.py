@@ -153,15 +153,21 @@ class TrainResult:
     final_loss: float
     train_frames: int
     train_subjects: int
+    frame_shape: tuple[int, int] = (0, 0)
 
 
-def train_segmenter(cohort: Cohort, out_dir: str | Path, cfg: Config) -> TrainResult:
-    """Train on the cohort's labelled frames and save a checkpoint folder.
+def fit_segmenter(
+    images: list[np.ndarray], labels: list[np.ndarray], cfg: Config
+) -> tuple[BasicUNet, float]:
+    """Train a fresh segmenter on labelled frames; returns (model, mean of the last 20 losses).
 
-    Uses ``cfg.evaluate`` (steps, batch size, lr, features) and ``cfg.seed``.
+    Uses ``cfg.evaluate`` (steps, batch size, lr, features), ``cfg.seed`` and
+    ``cfg.train.device``: the same config and seed give the same draws of frames, so two runs on
+    different data differ only by their data (``fedcmr4d utility`` relies on it).
     """
     ev = cfg.evaluate
-    images, labels, subjects = labelled_frames(cohort)
+    if not images or len(images) != len(labels):
+        raise ValueError(f"need matching non-empty frames, got {len(images)} and {len(labels)}")
     device = resolve_device(cfg.train.device)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -183,14 +189,27 @@ def train_segmenter(cohort: Cohort, out_dir: str | Path, cfg: Config) -> TrainRe
         optimizer.step()
         schedule.step()
         recent = (recent + [float(loss.detach())])[-20:]
+    model.eval()
+    return model, float(np.mean(recent))
+
+
+def train_segmenter(cohort: Cohort, out_dir: str | Path, cfg: Config) -> TrainResult:
+    """Train on the cohort's labelled frames and save a checkpoint folder.
+
+    Uses ``cfg.evaluate`` (steps, batch size, lr, features) and ``cfg.seed``.
+    """
+    ev = cfg.evaluate
+    images, labels, subjects = labelled_frames(cohort)
+    model, final_loss = fit_segmenter(images, labels, cfg)
+    frame_shape = (max(f.shape[0] for f in images), max(f.shape[1] for f in images))
     result = TrainResult(
-        Path(out_dir), ev.segmenter_steps, float(np.mean(recent)), len(images), subjects
+        Path(out_dir), ev.segmenter_steps, final_loss, len(images), subjects, frame_shape
     )
     save_segmenter(model, result.out_dir, cfg, _meta(result, cohort, ev.segmenter_features))
     return result
 
 
-def _meta(result: TrainResult, cohort: Cohort, features: list[int]) -> dict[str, Any]:
+def _meta(result: TrainResult, cohort: Cohort | None, features: list[int]) -> dict[str, Any]:
     return {
         "stage": "segmenter",
         "kind": KIND,
@@ -200,7 +219,11 @@ def _meta(result: TrainResult, cohort: Cohort, features: list[int]) -> dict[str,
         "final_loss": result.final_loss,
         "train_frames": result.train_frames,
         "n_train_subjects": result.train_subjects,  # a count; ids stay with the cohort
-        "data": str(cohort.root),
+        "frame_shape": list(result.frame_shape),  # the (X, Y) grid it was trained on
+        # Trained without DP-SGD: labels made from it must not come from DP site data
+        # (fedcmr4d.pipelines.labelling refuses that).
+        "privacy": {"dp": False},
+        "data": str(cohort.root) if cohort is not None else None,
         "code_version": __version__,
     }
 

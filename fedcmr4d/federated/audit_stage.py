@@ -37,8 +37,15 @@ MAX_INLINE_BYTES = 64 * 2**20
 _NODE_SUFFIX = re.compile(r" \(node \d+\)$")
 
 
-def ensure_synthetic(out: Path, synthetic_dir: str, n_subjects: int, seed: int) -> Path:
-    """The synthetic cohort to audit: ``synthetic_dir`` if given, else sampled into ``out``."""
+def ensure_synthetic(
+    out: Path, synthetic_dir: str, n_subjects: int, seed: int, label_segmenter: str = ""
+) -> Path:
+    """The synthetic cohort to audit: ``synthetic_dir`` if given, else sampled into ``out``.
+
+    A cohort sampled here is labelled with ``label_segmenter`` (a segmenter checkpoint folder)
+    when one is given, before the audit hashes its files (labels added later would make the
+    release refuse the cohort).
+    """
     if synthetic_dir:
         path = Path(synthetic_dir)
         if not (path / "cohort.json").is_file():
@@ -55,6 +62,10 @@ def ensure_synthetic(out: Path, synthetic_dir: str, n_subjects: int, seed: int) 
         from fedcmr4d.pipelines.generation import sample_cohort
 
         sample_cohort(checkpoint, n_subjects, path, seed=seed)
+        if label_segmenter:
+            from fedcmr4d.pipelines.labelling import label_cohort
+
+            label_cohort(path, label_segmenter)
     return path
 
 

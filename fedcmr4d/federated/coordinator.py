@@ -391,7 +391,11 @@ class Coordinator:
     def _audit_stage(self) -> None:
         settings = self.settings
         synthetic = ensure_synthetic(
-            self.out, settings.synthetic_dir, settings.synthetic_subjects, self.cfg.seed
+            self.out,
+            settings.synthetic_dir,
+            settings.synthetic_subjects,
+            self.cfg.seed,
+            settings.label_segmenter,
         )
         run_audit_stage(
             self.grid,

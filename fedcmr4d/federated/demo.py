@@ -175,6 +175,7 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
         f"{cfg.data.frames} frames)"
     )
     write_sites(options, cfg, say)
+    settings = _labelling_segmenter(settings, cfg, out, say)
 
     say("[2/4] federated training with Flower's Simulation Engine (3 sites, in process)")
     state = run_simulated_federation(
@@ -194,7 +195,11 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
         from fedcmr4d.evaluate.pipeline import evaluate_cohorts
 
         metrics = evaluate_cohorts(
-            fed / "synthetic", out / "reference", out / "evaluation", cfg=cfg
+            fed / "synthetic",
+            out / "reference",
+            out / "evaluation",
+            segmenter_dir=settings.label_segmenter or None,  # one segmenter for both
+            cfg=cfg,
         )
         result.report = Path(metrics["report"])
         result.rows.extend(evaluation_rows(metrics))
@@ -226,6 +231,27 @@ def evaluation_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{_fmt(metrics.get('ef_real_std'))}",
         ),
     ]
+
+
+def _labelling_segmenter(settings: RunSettings, cfg: Config, out: Path, say: Say) -> RunSettings:
+    """Train the segmenter that labels the sampled cohort before its audit (not under DP).
+
+    A stand-in for a federated segmenter (not built yet): site-A's own segmenter, trained on its
+    labelled frames; the evaluation reuses it (and its encoder as the FID feature network).
+    Under DP no labels are made (pipelines/labelling.py refuses them).
+    """
+    if cfg.privacy.enabled:
+        say("  labels: none (DP run; the segmenter is not trained under DP)")
+        return settings
+    from dataclasses import replace
+
+    from fedcmr4d.data.cohort import open_cohort
+    from fedcmr4d.evaluate.segmenter import train_segmenter
+
+    target = out / "label-segmenter"
+    train_segmenter(open_cohort(out / "sites" / f"site-{VENDORS[0]}"), target, cfg)
+    say(f"  labels: segmenter trained on site-{VENDORS[0]}'s labelled frames ({target})")
+    return replace(settings, label_segmenter=str(target))
 
 
 def _fmt(value: Any) -> str:

@@ -20,6 +20,8 @@ key                          meaning
 ``evaluate``                 after each stage, ask every site for holdout metrics of the result
 ``synthetic-subjects``       stage audit: subjects sampled from the stage-2 model to audit
 ``synthetic-dir``            stage audit: audit this synthetic cohort instead of sampling one
+``label-segmenter``          stage audit: label the sampled cohort with this segmenter checkpoint
+                             (on the coordinator) before the audit; empty: no labels
 ``cohort-root``              simulation only: one cohort folder per site, sorted by name
 ``state-root``               simulation only: per-site state folders are created under it
 ===========================  =====================================================================
@@ -75,6 +77,7 @@ class RunSettings:
     evaluate: bool = True
     synthetic_subjects: int = 8
     synthetic_dir: str = ""
+    label_segmenter: str = ""
     cohort_root: str = ""
     state_root: str = ""
 

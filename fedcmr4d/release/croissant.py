@@ -98,6 +98,12 @@ SUBJECT_FIELDS: tuple[tuple[str, str, str], ...] = (
     ),
     ("ed_frame", "sc:Integer", "End-diastolic frame, 0-based; -1 when not recorded."),
     ("es_frame", "sc:Integer", "End-systolic frame, 0-based; -1 when not recorded."),
+    (
+        "ef",
+        "sc:Float",
+        "Ejection fraction in percent from the labels' LV cavity volume curve; -1 when not "
+        "recorded.",
+    ),
     ("frames", "sc:Integer", "Frames over the cardiac cycle."),
     ("spacing_x_mm", "sc:Float", "Voxel size along X in mm."),
     ("spacing_y_mm", "sc:Float", "Voxel size along Y in mm."),
@@ -147,6 +153,7 @@ def _subject_record(cohort_root: Path, rel_cohort: str, subject_id: str) -> dict
         "labels": f"{rel_cohort}/{subject_id}/{LABELS_FILE}" if has_labels else "",
         "ed_frame": int(meta.get("ed_frame", -1)),
         "es_frame": int(meta.get("es_frame", -1)),
+        "ef": round(float(meta["ef"]), 4) if isinstance(meta.get("ef"), int | float) else -1.0,
         "frames": int(shape[3]) if len(shape) > 3 else 1,
         "spacing_x_mm": round(float(zooms[0]), 6),
         "spacing_y_mm": round(float(zooms[1]), 6),

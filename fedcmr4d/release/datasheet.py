@@ -67,6 +67,21 @@ def _fmt(value: Any) -> str:
     return "n/a" if value is None else f"{value:.6f}"
 
 
+def _labels_lines(cohort_provenance: dict[str, Any]) -> list[str]:
+    labels = cohort_provenance.get("labels")
+    if not isinstance(labels, dict):
+        return ["No label maps: the cines come without `labels.nii.gz`."]
+    return [
+        f"{labels.get('n_labelled', '?')} subjects carry `labels.nii.gz` (every frame: 0 "
+        "background, 1 LV cavity, 2 LV myocardium, 3 RV) made by the evaluation segmenter "
+        f"(weights SHA-256 `{labels.get('segmenter_sha256', '?')}`, trained on "
+        f"{labels.get('segmenter_train_subjects', '?')} real subjects, DP: "
+        f"{labels.get('segmenter_dp', False)}); `meta.json` holds `ed_frame`, `es_frame` and "
+        "`ef` (%) from those labels' LV volume curve. They are model output, not expert "
+        "contours: docs/evaluation.md gives their measured agreement with ground truth.",
+    ]
+
+
 def render_datasheet(provenance: dict[str, Any], audit: dict[str, Any]) -> str:
     """Markdown datasheet for a release."""
     cohort = provenance["cohort"]
@@ -86,6 +101,9 @@ def render_datasheet(provenance: dict[str, Any], audit: dict[str, Any]) -> str:
             "real patient. Format: one folder per subject under `cohort/` with "
             "`cine.nii.gz` (X x Y x Z x T, float32 in [0, 1]) and `meta.json`; spacing "
             f"{cohort['spacing_mm']} mm, {cohort['frames']} frames per cycle.",
+            "",
+            "## Labels",
+            *_labels_lines(cohort["provenance"]),
             "",
             "## Provenance",
             "| field | value |",
