@@ -155,6 +155,7 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
     os.environ["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     options = options.resolved()
     assert options.config is not None and options.synthetic_subjects is not None
+    assert options.rounds_autoencoder is not None and options.rounds_diffusion is not None
     out = options.out
     _check_out(out)
     settings = RunSettings(
