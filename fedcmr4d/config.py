@@ -119,22 +119,23 @@ class StageTrainConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
 
 
-def _segmenter_train_defaults() -> StageTrainConfig:
-    """The federated segmenter's defaults: per round, 50 steps of 4 subjects x 4 labelled frames
-    (the network is ``evaluate.segmenter_features``, as for ``fedcmr4d train segmenter``)."""
-    return StageTrainConfig(
-        steps=50, batch_size=4, lr=2e-3, betas=[0.9, 0.999], slices_per_subject=4
+class SegmenterTrainConfig(StageTrainConfig):
+    """The federated segmenter stage (the network is ``evaluate.segmenter_features``, as for
+    ``fedcmr4d train segmenter``); its own defaults, so a partial override keeps the rest."""
+
+    steps: int = Field(50, ge=1)
+    batch_size: int = Field(4, ge=1, description="subjects per step")
+    lr: float = Field(2e-3, gt=0)
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+    slices_per_subject: int = Field(
+        4, ge=1, description="labelled frames drawn per subject per step"
     )
 
 
 class TrainConfig(_Strict):
     autoencoder: StageTrainConfig = Field(default_factory=StageTrainConfig)
     diffusion: StageTrainConfig = Field(default_factory=StageTrainConfig)
-    segmenter: StageTrainConfig = Field(
-        default_factory=_segmenter_train_defaults,
-        description="the federated segmenter stage (slices_per_subject: labelled frames drawn "
-        "per subject per step)",
-    )
+    segmenter: SegmenterTrainConfig = Field(default_factory=SegmenterTrainConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     channels_last: bool = True
