@@ -119,17 +119,35 @@ class StageTrainConfig(_Strict):
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
 
 
+class SegmenterTrainConfig(StageTrainConfig):
+    """The federated segmenter stage (the network is ``evaluate.segmenter_features``, as for
+    ``fedcmr4d train segmenter``); its own defaults, so a partial override keeps the rest."""
+
+    steps: int = Field(50, ge=1)
+    batch_size: int = Field(4, ge=1, description="subjects per step")
+    lr: float = Field(2e-3, gt=0)
+    betas: list[float] = Field(default_factory=lambda: [0.9, 0.999], min_length=2, max_length=2)
+    slices_per_subject: int = Field(
+        4, ge=1, description="labelled frames drawn per subject per step"
+    )
+
+
 class TrainConfig(_Strict):
     autoencoder: StageTrainConfig = Field(default_factory=StageTrainConfig)
     diffusion: StageTrainConfig = Field(default_factory=StageTrainConfig)
+    segmenter: SegmenterTrainConfig = Field(default_factory=SegmenterTrainConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     channels_last: bool = True
     num_workers: int = Field(0, ge=0)
 
     def stage(self, stage: Stage) -> StageTrainConfig:
-        """The optimisation settings of ``stage`` (``train.autoencoder`` or ``train.diffusion``)."""
-        return self.autoencoder if Stage.parse(stage) is Stage.AUTOENCODER else self.diffusion
+        """The optimisation settings of ``stage`` (``train.<stage>``)."""
+        return {
+            Stage.AUTOENCODER: self.autoencoder,
+            Stage.DIFFUSION: self.diffusion,
+            Stage.SEGMENTER: self.segmenter,
+        }[Stage.parse(stage)]
 
 
 class PrivacyConfig(_Strict):
@@ -156,11 +174,15 @@ class PrivacyConfig(_Strict):
 class FederationConfig(_Strict):
     rounds_autoencoder: int = Field(2, ge=0)
     rounds_diffusion: int = Field(2, ge=0)
+    rounds_segmenter: int = Field(2, ge=0, description="rounds of the segmenter stage")
     local_steps_autoencoder: int | None = Field(
         None, ge=1, description="local steps per round (null: train.autoencoder.steps)"
     )
     local_steps_diffusion: int | None = Field(
         None, ge=1, description="local steps per round (null: train.diffusion.steps)"
+    )
+    local_steps_segmenter: int | None = Field(
+        None, ge=1, description="local steps per round (null: train.segmenter.steps)"
     )
     strategy: Literal["fedavg", "fedadam", "fedprox", "fedtrimmedavg", "fedmedian", "krum"] = (
         "fedavg"
@@ -190,16 +212,13 @@ class FederationConfig(_Strict):
     krum_malicious: int = Field(0, ge=0, description="Krum: sites assumed malicious")
 
     def rounds(self, stage: Stage) -> int:
-        """Planned rounds of ``stage`` (``rounds_autoencoder`` / ``rounds_diffusion``)."""
-        if Stage.parse(stage) is Stage.AUTOENCODER:
-            return self.rounds_autoencoder
-        return self.rounds_diffusion
+        """Planned rounds of ``stage`` (``rounds_<stage>``)."""
+        return int(getattr(self, f"rounds_{Stage.parse(stage).value}"))
 
     def local_steps(self, stage: Stage) -> int | None:
         """``local_steps_<stage>``: local steps per round, or None for ``train.<stage>.steps``."""
-        if Stage.parse(stage) is Stage.AUTOENCODER:
-            return self.local_steps_autoencoder
-        return self.local_steps_diffusion
+        steps = getattr(self, f"local_steps_{Stage.parse(stage).value}")
+        return None if steps is None else int(steps)
 
 
 class AuditConfig(_Strict):

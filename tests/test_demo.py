@@ -66,10 +66,13 @@ def test_demo_runs_every_step_and_leaves_no_process(tmp_path: Path) -> None:
     assert [(r["stage"], r["sites_accepted"]) for r in rows] == [
         ("autoencoder", 3),
         ("diffusion", 3),
+        ("segmenter", 3),  # the federated segmenter that labels the sampled cohort
     ]
+    assert (fed / "segmenter" / "segmenter.safetensors").is_file()
     audit = json.loads((fed / "audit.json").read_text())
     synthetic = json.loads((fed / "synthetic" / "cohort.json").read_text())
-    assert synthetic["provenance"]["labels"]["n_labelled"] == 2  # labelled before the audit
+    labels = synthetic["provenance"]["labels"]
+    assert labels["n_labelled"] == 2 and labels["segmenter_train_subjects"] > 0  # before the audit
     assert all(f"{sid}/labels.nii.gz" in audit["files"] for sid in synthetic["subjects"])
     if audit["passed"]:
         assert verify_release(out / "release", out / "keys" / "signing.pub").n_files > 0

@@ -70,8 +70,9 @@ def train(msg: Message, context: Context) -> Message:
     global_weights = record_to_weights(msg.content.array_records["arrays"])
     config = msg.content.config_records["config"]
     rounds = {
-        "autoencoder": int(config["rounds-autoencoder"]),  # type: ignore[arg-type]
-        "diffusion": int(config["rounds-diffusion"]),  # type: ignore[arg-type]
+        name: int(config[f"rounds-{name}"])  # type: ignore[arg-type]
+        for name in TRAIN_STAGES
+        if f"rounds-{name}" in config
     }
     weights, metrics = site_ops.train_round(
         stage,

@@ -207,6 +207,10 @@ class Coordinator:
         self.cfg_yaml = self.cfg.to_yaml()
         self.out = Path(settings.out_dir)
         self.stages = settings.stage_list()
+        if "segmenter" in self.stages and self.cfg.privacy.enabled:
+            from fedcmr4d.stages.segmenter import DP_REFUSED
+
+            raise ConfigError(f"run config: stages includes segmenter; {DP_REFUSED}")
 
     def _start_state(self) -> tuple[ServerState, Snapshot | None]:
         run_config = self.settings.to_run_config()
@@ -388,6 +392,15 @@ class Coordinator:
         holdout = ", ".join(f"{k}={v:.4g}" for k, v in evaluation["mean"].items()) or "not run"
         self.progress(f"{stage}: done; holdout {holdout}; checkpoint {self.out / stage}")
 
+    def label_segmenter(self) -> str:
+        """The segmenter that labels the sampled cohort: ``label-segmenter`` when set, else the
+        federated one (``<out-dir>/segmenter``) when this run has the segmenter stage, else none."""
+        if self.settings.label_segmenter:
+            return self.settings.label_segmenter
+        if "segmenter" in self.stages:
+            return str(self.out / "segmenter")
+        return ""
+
     def _audit_stage(self) -> None:
         settings = self.settings
         synthetic = ensure_synthetic(
@@ -395,7 +408,7 @@ class Coordinator:
             settings.synthetic_dir,
             settings.synthetic_subjects,
             self.cfg.seed,
-            settings.label_segmenter,
+            self.label_segmenter(),
         )
         run_audit_stage(
             self.grid,

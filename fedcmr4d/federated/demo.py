@@ -4,9 +4,10 @@ Steps (each prints progress):
 
 1. three phantom sites whose scanners differ (vendors A, B, C: contrast, bias field, noise) and
    a separate phantom reference cohort for the evaluation (never trained on);
-2. Flower Simulation Engine, in process: stage 1 (VQ-VAE) and stage 2 (latent diffusion)
-   federated across the three sites, then the federated memorization audit of a synthetic
-   cohort sampled from the stage-2 model;
+2. Flower Simulation Engine, in process: stage 1 (VQ-VAE), stage 2 (latent diffusion) and the
+   segmenter federated across the three sites, then the federated memorization audit of a
+   synthetic cohort sampled from the stage-2 model and labelled by the federated segmenter
+   (under DP the segmenter stage is left out and the cohort stays unlabelled);
 3. an Ed25519 key pair (unencrypted: a demo key), the signed release (refused if the audit
    failed) and its verification;
 4. the evaluation report of the synthetic cohort against the reference cohort.
@@ -161,7 +162,7 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
     settings = RunSettings(
         config=options.config,
         overrides=";".join(options.overrides),
-        stages="autoencoder,diffusion,audit",
+        stages="autoencoder,diffusion,segmenter,audit",
         rounds_autoencoder=options.rounds_autoencoder,
         rounds_diffusion=options.rounds_diffusion,
         out_dir=str(out / "federation"),
@@ -176,7 +177,11 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
         f"{cfg.data.frames} frames)"
     )
     write_sites(options, cfg, say)
-    settings = _labelling_segmenter(settings, cfg, out, say)
+    if cfg.privacy.enabled:  # the segmenter stage refuses DP; labels from a DP cohort are refused
+        from dataclasses import replace
+
+        say("  labels: none (DP run; the segmenter stage is not trained under DP)")
+        settings = replace(settings, stages="autoencoder,diffusion,audit")
 
     say("[2/4] federated training with Flower's Simulation Engine (3 sites, in process)")
     state = run_simulated_federation(
@@ -188,6 +193,7 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
         node_configs=demo_site_policies(cfg),
     )
     fed = Path(settings.out_dir)
+    segmenter = fed / "segmenter"  # the federated segmenter, when that stage ran
     _federation_rows(result, state.history, fed)
 
     say("[3/4] signed release")
@@ -201,7 +207,8 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
             fed / "synthetic",
             out / "reference",
             out / "evaluation",
-            segmenter_dir=settings.label_segmenter or None,  # one segmenter for both
+            # the labels' segmenter for both
+            segmenter_dir=segmenter if (segmenter / "meta.json").is_file() else None,
             cfg=cfg,
         )
         result.report = Path(metrics["report"])
@@ -234,27 +241,6 @@ def evaluation_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"{_fmt(metrics.get('ef_real_std'))}",
         ),
     ]
-
-
-def _labelling_segmenter(settings: RunSettings, cfg: Config, out: Path, say: Say) -> RunSettings:
-    """Train the segmenter that labels the sampled cohort before its audit (not under DP).
-
-    A stand-in for a federated segmenter (not built yet): site-A's own segmenter, trained on its
-    labelled frames; the evaluation reuses it (and its encoder as the FID feature network).
-    Under DP no labels are made (pipelines/labelling.py refuses them).
-    """
-    if cfg.privacy.enabled:
-        say("  labels: none (DP run; the segmenter is not trained under DP)")
-        return settings
-    from dataclasses import replace
-
-    from fedcmr4d.data.cohort import open_cohort
-    from fedcmr4d.evaluate.segmenter import train_segmenter
-
-    target = out / "label-segmenter"
-    train_segmenter(open_cohort(out / "sites" / f"site-{VENDORS[0]}"), target, cfg)
-    say(f"  labels: segmenter trained on site-{VENDORS[0]}'s labelled frames ({target})")
-    return replace(settings, label_segmenter=str(target))
 
 
 def _fmt(value: Any) -> str:

@@ -1,7 +1,8 @@
 """The seeded initial global model of a stage, built on the coordinator (no data needed).
 
 Names follow :meth:`fedcmr4d.train.trainer.StageTrainer.get_weights`: ``<model>.<parameter>``
-for the models ``autoencoder`` + ``discriminator`` (stage 1) or ``unet`` (stage 2); a test checks
+for the models ``autoencoder`` + ``discriminator`` (stage 1), ``unet`` (stage 2) or
+``segmenter`` (the segmenter stage); a test checks
 that the keys and shapes equal a real trainer's.
 """
 
@@ -27,8 +28,12 @@ def initial_weights(stage: str, cfg: Config) -> dict[str, torch.Tensor]:
         models = {"autoencoder": build_autoencoder(cfg), "discriminator": build_discriminator(cfg)}
     elif stage == "diffusion":
         models = {"unet": build_denoiser(cfg)}
+    elif stage == "segmenter":
+        from fedcmr4d.evaluate.segmenter import build_segmenter
+
+        models = {"segmenter": build_segmenter(features=cfg.evaluate.segmenter_features)}
     else:
-        raise ValueError(f"stage must be 'autoencoder' or 'diffusion', got {stage!r}")
+        raise ValueError(f"stage must be 'autoencoder', 'diffusion' or 'segmenter', got {stage!r}")
     return {
         f"{name}.{strip_prefixes(pname)}": param.detach().float().cpu().clone()
         for name, model in models.items()

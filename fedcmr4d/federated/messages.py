@@ -20,6 +20,7 @@ def message_config(settings: RunSettings, stage: str, cfg: Config, cfg_yaml: str
             "config-yaml": cfg_yaml,
             "rounds-autoencoder": settings.rounds("autoencoder", cfg),
             "rounds-diffusion": settings.rounds("diffusion", cfg),
+            "rounds-segmenter": settings.rounds("segmenter", cfg),
             "cohort-root": settings.cohort_root,
             "state-root": settings.state_root,
         }

@@ -11,9 +11,11 @@ key                          meaning
 ===========================  =====================================================================
 ``config``                   packaged config name (``tiny``...) or a YAML path on the coordinator
 ``overrides``                ``dotted.key=value`` items separated by ``;`` (like ``--set``)
-``stages``                   comma list from ``autoencoder``, ``diffusion``, ``audit``
+``stages``                   comma list, in order, from ``autoencoder``, ``diffusion``,
+                             ``segmenter``, ``audit``
 ``rounds-autoencoder``       rounds of stage 1; ``-1``: ``federation.rounds_autoencoder``
 ``rounds-diffusion``         rounds of stage 2; ``-1``: ``federation.rounds_diffusion``
+``rounds-segmenter``         rounds of the segmenter; ``-1``: ``federation.rounds_segmenter``
 ``out-dir``                  coordinator folder: checkpoints, ``metrics.jsonl``/CSV/PNG
 ``resume``                   continue from the last checkpoint in ``out-dir``
 ``round-timeout``            seconds to wait for replies in one round
@@ -21,7 +23,8 @@ key                          meaning
 ``synthetic-subjects``       stage audit: subjects sampled from the stage-2 model to audit
 ``synthetic-dir``            stage audit: audit this synthetic cohort instead of sampling one
 ``label-segmenter``          stage audit: label the sampled cohort with this segmenter checkpoint
-                             (on the coordinator) before the audit; empty: no labels
+                             (on the coordinator) before the audit; empty: the federated one
+                             (``<out-dir>/segmenter``) when the segmenter stage ran, else none
 ``cohort-root``              simulation only: one cohort folder per site, sorted by name
 ``state-root``               simulation only: per-site state folders are created under it
 ===========================  =====================================================================
@@ -71,6 +74,7 @@ class RunSettings:
     stages: str = "autoencoder,diffusion"
     rounds_autoencoder: int = -1
     rounds_diffusion: int = -1
+    rounds_segmenter: int = -1
     out_dir: str = "runs/federated"
     resume: bool = False
     round_timeout: float = 3600.0
@@ -118,11 +122,8 @@ class RunSettings:
 
     def rounds(self, stage: str, cfg: Config) -> int:
         """Planned rounds of a training stage (run config wins over the YAML)."""
-        own = self.rounds_autoencoder if stage == "autoencoder" else self.rounds_diffusion
-        if own >= 0:
-            return own
-        fed = cfg.federation
-        return fed.rounds_autoencoder if stage == "autoencoder" else fed.rounds_diffusion
+        own = int(getattr(self, f"rounds_{Stage.parse(stage).value}"))
+        return own if own >= 0 else cfg.federation.rounds(Stage.parse(stage))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ def save_stage_checkpoint(
 ) -> None:
     """The stage's final global model in the trainer's checkpoint format (for ``sample``).
 
-    The coordinator lays stages out as ``<out-dir>/autoencoder`` and ``<out-dir>/diffusion``; the
+    The coordinator lays stages out as ``<out-dir>/autoencoder``, ``<out-dir>/diffusion`` and
+    ``<out-dir>/segmenter`` (in the segmenter's own format: :func:`save_segmenter_checkpoint`); the
     diffusion checkpoint names ``../autoencoder`` relatively (the one writer,
     :func:`~fedcmr4d.train.checkpoint.save_checkpoint`), so the out-dir can be moved.
 
@@ -49,9 +50,47 @@ def save_stage_checkpoint(
     }
     if privacy is not None:
         meta["privacy"] = privacy
+    if stage == "segmenter":
+        last = rounds[-1]["examples"] if rounds else {}
+        meta["n_train_subjects"] = int(sum(last.values()))  # a count; ids stay at the sites
+        save_segmenter_checkpoint(out_dir, cfg, weights, meta)
+        return
     stage2: dict[str, Any] = {}
     if stage == "diffusion":
         ae_dir = out_dir.parent / "autoencoder"
         ae_weights = numpy_to_weights(load_file_numpy(ae_dir / WEIGHTS_FILE))
         stage2 = {"autoencoder": ae_dir, "latent_scale": codebook_latent_scale(ae_weights)}
     save_checkpoint(out_dir, stage=stage, cfg=cfg, weights=weights, meta=meta, **stage2)  # type: ignore[arg-type]
+
+
+def save_segmenter_checkpoint(
+    out_dir: Path, cfg: Config, weights: dict[str, Any], federated_meta: dict[str, Any]
+) -> None:
+    """The federated segmenter as a segmenter checkpoint folder (:mod:`fedcmr4d.evaluate.segmenter`)
+    that ``label_cohort`` and ``evaluate --segmenter`` load unchanged.
+
+    ``meta["privacy"]["dp"]`` records whether the sites trained it under DP-SGD (the stage
+    refuses DP today, so it is false); the sites' (ε, δ) sit beside it under ``sites``.
+    """
+    from fedcmr4d import __version__
+    from fedcmr4d.evaluate.segmenter import KIND, NUM_CLASSES, build_segmenter, save_segmenter
+
+    features = list(cfg.evaluate.segmenter_features)
+    model = build_segmenter(features=features)
+    own = {k[len("segmenter.") :]: v for k, v in weights.items() if k.startswith("segmenter.")}
+    model.load_state_dict(own)  # strict: the keys are the trainer's
+    rounds = int(federated_meta["round"])
+    privacy = dict(federated_meta.get("privacy") or {})
+    meta = {
+        **federated_meta,
+        "stage": "segmenter",
+        "kind": KIND,
+        "features": features,
+        "num_classes": NUM_CLASSES,
+        "steps": rounds * cfg.round_steps("segmenter"),
+        "frame_shape": [cfg.data.image_size, cfg.data.image_size],
+        "privacy": {**privacy, "dp": bool(cfg.privacy.enabled)},
+        "data": None,  # site data: no path leaves a site
+        "code_version": __version__,
+    }
+    save_segmenter(model, out_dir, cfg, meta)

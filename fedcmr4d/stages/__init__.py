@@ -1,7 +1,9 @@
-"""The two training stages: the :class:`Stage` names here, one module per stage beside it.
+"""The training stages: the :class:`Stage` names here, one module per stage beside it.
 
 - :mod:`~fedcmr4d.stages.autoencoder`: stage 1, the spatiotemporal VQ-VAE and its discriminator.
 - :mod:`~fedcmr4d.stages.diffusion`: stage 2, the latent denoiser on the frozen stage 1.
+- :mod:`~fedcmr4d.stages.segmenter`: the 2D LV/RV/myocardium segmenter that labels synthetic
+  cohorts, trained on the sites' labelled frames (federated; not under DP yet).
 - :mod:`~fedcmr4d.stages.base`: what the generic loop (:mod:`fedcmr4d.train.trainer`) asks of a
   stage, and the device/precision settings a stage runs under.
 
@@ -18,10 +20,11 @@ class Stage(StrEnum):
 
     AUTOENCODER = "autoencoder"
     DIFFUSION = "diffusion"
+    SEGMENTER = "segmenter"
 
     @classmethod
     def parse(cls, value: str) -> Stage:
-        """``"autoencoder"``/``"diffusion"`` (or a :class:`Stage`) -> :class:`Stage`.
+        """A stage's name (``"autoencoder"``, ...) or a :class:`Stage` -> :class:`Stage`.
 
         Raises:
             ValueError: naming the value and the stages there are.

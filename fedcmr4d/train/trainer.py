@@ -36,6 +36,7 @@ from fedcmr4d.stages import Stage
 from fedcmr4d.stages.autoencoder import AutoencoderStage
 from fedcmr4d.stages.base import Runtime, StepOptimizers, TrainingStage
 from fedcmr4d.stages.diffusion import DiffusionStage, load_frozen_autoencoder
+from fedcmr4d.stages.segmenter import DP_REFUSED, SegmenterStage, load_labelled_subjects
 from fedcmr4d.train.models import strip_prefixes
 
 __all__ = ["StageTrainer", "build_stage", "load_frozen_autoencoder", "resolve_device"]
@@ -51,9 +52,15 @@ def build_stage(
     *,
     autoencoder_weights: dict[str, Tensor] | None = None,
 ) -> TrainingStage:
-    """The stage object for ``stage`` (stage 2 needs the frozen stage-1 weights)."""
+    """The stage object for ``stage`` (stage 2 needs the frozen stage-1 weights).
+
+    ``cines``: (X, Y, Z, T) cines, or for the segmenter each subject's labelled frames
+    (:func:`~fedcmr4d.stages.segmenter.load_labelled_subjects`).
+    """
     if stage is Stage.AUTOENCODER:
         return AutoencoderStage(cfg, cines, runtime)
+    if stage is Stage.SEGMENTER:
+        return SegmenterStage(cfg, cines, runtime)
     if autoencoder_weights is None:
         raise ValueError("stage 'diffusion' needs autoencoder_weights (the frozen stage 1)")
     return DiffusionStage(cfg, cines, runtime, autoencoder_weights=autoencoder_weights)
@@ -119,7 +126,8 @@ class StageTrainer:
     """One stage's training loop at one site (local CLI and Flower ClientApp).
 
     Args:
-        stage: ``Stage.AUTOENCODER`` (stage 1) or ``Stage.DIFFUSION`` (stage 2), or its name.
+        stage: ``Stage.AUTOENCODER`` (stage 1), ``Stage.DIFFUSION`` (stage 2) or
+            ``Stage.SEGMENTER`` (trains on labelled subjects only; not under DP), or its name.
         cfg: resolved config.
         cohort_dir: the site's cohort folder.
         device: "auto", "cpu" or "cuda"; "auto" defers to ``cfg.train.device``.
@@ -159,14 +167,23 @@ class StageTrainer:
                 f"{type(privacy).__name__} lacks {', '.join(missing) or 'callable methods'}"
             )
         tc = self.train_cfg
+        if self.stage is Stage.SEGMENTER and (privacy is not None or cfg.privacy.enabled):
+            raise ConfigError(DP_REFUSED)
         if privacy is not None and tc.grad_accumulation != 1:
             raise ConfigError(
                 f"train.{self.stage}.grad_accumulation: {tc.grad_accumulation} is not supported "
                 "under DP (raise batch_size instead; per-subject gradients are computed in chunks)"
             )
-        self.subject_ids, cines = load_cines(
-            cohort_dir, subject_ids, image_size=cfg.data.image_size, frames=cfg.data.frames
-        )
+        size, frames = cfg.data.image_size, cfg.data.frames
+        cines: list[Any]
+        if self.stage is Stage.SEGMENTER:  # its subjects: those with labelled frames
+            self.subject_ids, cines = load_labelled_subjects(
+                cohort_dir, subject_ids, image_size=size, frames=frames
+            )
+        else:
+            self.subject_ids, cines = load_cines(
+                cohort_dir, subject_ids, image_size=size, frames=frames
+            )
         self.impl = build_stage(
             self.stage, cfg, cines, runtime, autoencoder_weights=autoencoder_weights
         )
@@ -391,16 +408,22 @@ class StageTrainer:
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, subject_ids: Sequence[str]) -> dict[str, float]:
-        """Held-out metrics of the stage on ``subject_ids`` (see each stage's ``evaluate``)."""
-        _, cines = load_cines(
-            self.cohort_dir,
-            subject_ids,
-            image_size=self.cfg.data.image_size,
-            frames=self.cfg.data.frames,
-        )
+        """Held-out metrics of the stage on ``subject_ids`` (see each stage's ``evaluate``;
+        the segmenter scores the subjects' labelled frames)."""
+        geometry = {"image_size": self.cfg.data.image_size, "frames": self.cfg.data.frames}
         for model in self.models.values():
             model.eval()
         try:
+            if isinstance(self.impl, SegmenterStage):
+                _, frames = load_labelled_subjects(
+                    self.cohort_dir,
+                    subject_ids,
+                    image_size=self.cfg.data.image_size,
+                    frames=self.cfg.data.frames,
+                    required=False,
+                )
+                return self.impl.evaluate_frames(frames)
+            _, cines = load_cines(self.cohort_dir, subject_ids, **geometry)
             return self.impl.evaluate(cines)
         finally:
             for model in self.models.values():
