@@ -58,6 +58,9 @@ LATENT_SCALE_SOURCE = "codebook (1 / std of the l2-normalised codes' entries)"
 CODEBOOK_KEY = "autoencoder.quantizer.codebook"
 
 
+GENERATOR_STAGES = (Stage.AUTOENCODER, Stage.DIFFUSION)
+"""The stages whose checkpoints this module writes and reads."""
+
 @dataclass
 class Checkpoint:
     """A loaded checkpoint: resolved config, CPU float weights, meta (stage, step, ...)."""
@@ -121,6 +124,9 @@ def save_checkpoint(
             stage-1 latents (``trainer.latent_scale`` or :func:`codebook_latent_scale`).
     """
     stage = Stage.parse(stage)  # ValueError naming the stages there are
+    if stage not in GENERATOR_STAGES:  # the segmenter has its own format (evaluate/segmenter.py)
+        names = ", ".join(repr(s.value) for s in GENERATOR_STAGES)
+        raise ValueError(f"stage must be one of {names}, got {stage.value!r}")
     extra = dict(meta or {})
     leaking = sorted(SUBJECT_KEYS & extra.keys())
     if leaking:
@@ -183,8 +189,8 @@ def _read_meta(root: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"{path}: missing; {root} is not a finished checkpoint")
     meta = read_json_object(path, "checkpoint meta")
-    if meta.get("stage") not in tuple(Stage):
-        raise InputError(f"{path}: no valid 'stage' (expected {' or '.join(Stage)})")
+    if meta.get("stage") not in GENERATOR_STAGES:
+        raise InputError(f"{path}: no valid 'stage' (expected {' or '.join(GENERATOR_STAGES)})")
     return meta
 
 
