@@ -10,10 +10,11 @@ translation, gamma, a rolled cycle, a flip or a small rotation; different subjec
 Where it runs (DESIGN.md, privacy model): each site computes, on its own train/holdout split,
 
 - ``d_s``: each synthetic subject's nearest training distance, ``h_s`` its nearest holdout
-  distance, and the holdout-to-train nearest distances ``r_1..r_n`` (all stay at the site);
-- a **tail p-value** per synthetic subject: ``log r`` is modelled as normal, and
-  ``p_s = T_{n-1}((log d_s - mean) / (sd * sqrt(1 + 1/n)))`` -- the Student-t predictive
-  distribution of a new draw, exact for log-normal data at any n, so a subject that is as far
+  distance, and the calibration sample ``r_1..r_n``: the holdout-to-train nearest distances
+  plus each training subject's leave-one-out nearest distance (all stay at the site);
+- a **tail p-value** per synthetic subject: ``r`` is modelled as Weibull (``log r``
+  minimum-Gumbel), and ``p_s`` is the predictive probability that a new draw lies at most at
+  ``d_s`` (:func:`tail_p_values`), exact for Weibull data at any n, so a subject that is as far
   from training as an unseen real patient gets a uniform p-value;
 - a **copy flag** ``p_s < copy_alpha / (N * K)`` (Bonferroni over the N synthetic subjects and
   the K sites that trained): a fresh cohort raises no flag with probability >= 1 - copy_alpha;
@@ -527,9 +528,9 @@ def combine_answers(
             "dcr_tolerance": config.dcr_tolerance,
             "dcr_alpha": config.dcr_alpha,
             "membership_alpha": config.membership_alpha,
-            "threshold_rule": "per site: the distance at which the Student-t predictive tail "
-            "p-value of a log-normal fit to its holdout-to-train distances equals "
-            "copy_alpha / (N * K)",
+            "threshold_rule": "per site: the distance at which the predictive tail p-value of "
+            "a Weibull fit to its holdout-to-train and training leave-one-out nearest distances "
+            "equals copy_alpha / (N * K)",
             "flag_rule": "tail p-value of the nearest training distance < copy_alpha / (N * K) "
             "(Bonferroni over N synthetic subjects and K sites)",
             "pass_rule": "no flag, every site calibrated, no site with dcr_share > dcr_expected "
