@@ -230,7 +230,7 @@ class AuditConfig(_Strict):
         gt=0,
         lt=1,
         description="family-wise false-alarm rate of the copy test on a fresh cohort "
-        "(Bonferroni over synthetic subjects and sites of the log-normal tail p-values)",
+        "(Bonferroni over synthetic subjects and sites of the Weibull tail p-values)",
     )
     min_holdout: int = Field(
         2, ge=2, description="holdout subjects a site needs to calibrate the copy test"

@@ -1,18 +1,22 @@
-"""Shift-invariant normalised cross-correlation between audit representations.
+"""Shift-aware normalised cross-correlation between audit representations.
 
-Two representations ``a`` and ``b`` of shape (S, G, G, T) (zero mean, unit norm; see
-:mod:`fedcmr4d.audit.features`) are compared as
+Two representations ``a`` and ``b`` of shape (S, G, G, T) (see :mod:`fedcmr4d.audit.features`)
+are compared on their inner windows (:data:`EDGE_MARGIN` pixels off every in-plane edge) as
 
     ncc(a, b) = max over dx, dy in [-k, k] and every cyclic frame shift tau of
-                sum a(z, x, y, t) * b(z, x + dx, y + dy, t + tau)
+                corr over O(dx, dy) of a(z, x + dx, y + dy, t + tau) and b(z, x, y, t)
 
-with cyclic indices, and ``distance = 1 - ncc`` (0 for a copy, about 1 for unrelated images).
-Cyclic shifts keep the mean and the norm, so the value stays a true correlation coefficient.
+where O(dx, dy) is the set of pixels where both windows are defined after the in-plane shift
+(linear, not cyclic: the rows and columns a shift moves in are left out on both sides) and
+``corr`` is the Pearson correlation over it (means and norms of the overlap itself); the cardiac
+cycle is cyclic, so tau wraps. ``distance = 1 - ncc``: ~0 for a copy -- a copy moved by a few
+voxels with a zero-filled border included -- and about 1 for unrelated images.
 
-All shifts come at once from FFTs over (x, y, t): the slice-summed product of the two spectra
-is inverse transformed to the correlation at every cyclic (dx, dy, tau), and the maximum is
-taken over |dx|, |dy| <= k and every tau. Cost per pair: S * G^2 * (T / 2 + 1) complex
-multiplies plus one G x G x T inverse FFT, whatever k.
+All shifts come at once from FFTs over (x, y, t): the windows are zero-padded in-plane, the
+slice-summed product of the two spectra is inverse transformed to the raw correlation at every
+(dx, dy, tau), and each offset's overlap sums and sums of squares (integral images, per
+subject) turn it into the overlap's correlation. Cost per pair: S * P^2 * (T / 2 + 1) complex
+multiplies plus one P x P x T inverse FFT (P >= W + k, the padded window), whatever k.
 
 For large cohorts the search is two-stage (``candidates`` > 0): a coarse embedding that is
 exactly invariant to cyclic frame shifts and nearly invariant to small in-plane shifts (temporal
@@ -47,14 +51,80 @@ class Nearest:
     index: torch.Tensor
 
 
-def spectra(reps: torch.Tensor) -> torch.Tensor:
-    """(N, S, G, G, T) real -> (N, S, G, G, T // 2 + 1) complex64 spectra over (x, y, t)."""
-    return torch.fft.rfftn(reps.to(torch.float32), dim=(2, 3, 4))
+#: Grid pixels left out along every in-plane edge before comparing: the low-pass filter and the
+#: resampling blend a subject's border with what lies beyond it, which differs between a subject
+#: and its shifted copy (zero-filled, or other content moved in).
+EDGE_MARGIN = 1
 
 
-def _shift_index(size: int, shift: int) -> torch.Tensor:
-    """Indices of cyclic offsets -shift..shift along an axis of ``size``."""
-    return torch.tensor(sorted({d % size for d in range(-shift, shift + 1)}))
+def _fft_size(n: int) -> int:
+    """Smallest size >= n whose prime factors are 2, 3 and 5 (fast FFTs)."""
+    while True:
+        m = n
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        if m == 1:
+            return n
+        n += 1
+
+
+def _window(reps: torch.Tensor, margin: int) -> torch.Tensor:
+    """(N, S, G, G, T) -> (N, S, W, W, T) inner window, ``margin`` pixels off every edge."""
+    g = reps.shape[2]
+    m = min(margin, (g - 1) // 2)
+    return reps[:, :, m : g - m, m : g - m].to(torch.float32)
+
+
+def spectra(reps: torch.Tensor, size: int | None = None) -> torch.Tensor:
+    """(N, S, W, W, T) real -> (N, S, P, P, T // 2 + 1) complex64 spectra over (x, y, t).
+
+    ``size`` P >= W zero-pads the in-plane axes, so that in-plane correlations up to
+    ``P - W`` pixels do not wrap around (linear, not cyclic, in x and y; cyclic in t).
+    """
+    p = reps.shape[2] if size is None else size
+    return torch.fft.rfftn(reps.to(torch.float32), s=(p, p, reps.shape[4]), dim=(2, 3, 4))
+
+
+def _offsets(shift: int) -> list[int]:
+    return list(range(-shift, shift + 1))
+
+
+def overlap_sums(reps: torch.Tensor, shift: int, *, query: bool) -> tuple[torch.Tensor, ...]:
+    """Sum and sum of squares of each representation over its part of every shifted overlap.
+
+    With ``c(d) = sum_x r(x) q(x + d)`` over the pixels where both are defined, the query's part
+    of the overlap at offset ``d`` along an axis of width W is ``[max(0, d), W + min(0, d))``
+    and the reference's ``[max(0, -d), W - max(0, d))``.
+
+    Args:
+        reps: (N, S, W, W, T) windows.
+        shift: offsets -shift..shift along x and y.
+        query: the query's part (True) or the reference's (False).
+
+    Returns:
+        (sums, squares, counts): (N, 2k+1, 2k+1) sums and sums of squares (float64) and the
+        (2k+1, 2k+1) number of values in each overlap.
+    """
+    n, s, w, _, t = reps.shape
+    plane = reps.double().sum(dim=(1, 4))  # (N, W, W)
+    square = reps.double().square().sum(dim=(1, 4))
+    # integral images with a zero first row and column: box sums in O(1) per offset
+    plane_i = torch.nn.functional.pad(plane.cumsum(1).cumsum(2), (1, 0, 1, 0))
+    square_i = torch.nn.functional.pad(square.cumsum(1).cumsum(2), (1, 0, 1, 0))
+    offsets = _offsets(shift)
+    ranges = [(max(0, d), w + min(0, d)) if query else (max(0, -d), w - max(0, d)) for d in offsets]
+    lo = torch.tensor([a for a, _ in ranges])
+    hi = torch.tensor([b for _, b in ranges])
+
+    def box(integral: torch.Tensor) -> torch.Tensor:
+        def at(rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+            return integral[:, rows][:, :, cols]
+
+        return at(hi, hi) - at(lo, hi) - at(hi, lo) + at(lo, lo)
+
+    counts = ((hi - lo)[:, None] * (hi - lo)[None, :] * s * t).double()
+    return box(plane_i), box(square_i), counts
 
 
 def coarse_embedding(reps: torch.Tensor, keep: int = 8) -> torch.Tensor:
@@ -92,33 +162,54 @@ def exact_on_candidates(
     picks: torch.Tensor,
     shift: int,
     pairs_per_block: int = 128,
+    margin: int = EDGE_MARGIN,
 ) -> Nearest:
     """Exact shift search of every query against its own candidate references only.
 
-    For each (query, candidate) pair the correlation at every cyclic (dx, dy, tau) comes from one
-    inverse 3D FFT of the slice-summed cross-spectrum; the maximum is taken over |dx|, |dy| <=
-    ``shift`` and every tau (the same search as rolling the reference, done at once).
+    Both sides are cut to their inner window (``margin`` pixels off every edge) and zero-padded,
+    so one inverse 3D FFT of the slice-summed cross-spectrum of a (query, candidate) pair gives
+    the raw correlation over the overlap at every in-plane offset (linear) and every frame
+    shift tau (cyclic). Per offset the overlap's own sums (:func:`overlap_sums`) turn it into
+    the NCC of the overlapping pixels only -- means and norms taken over the overlap -- so the
+    border that a shift moves in (zero fill, or content from outside the field of view) does not
+    count, and a shifted copy comes out near 0. The maximum is over |dx|, |dy| <= ``shift``
+    and every tau.
 
     Args:
         picks: (N_q, k) candidate reference indices per query.
     """
-    n_query, (g_x, g_y, frames) = query_reps.shape[0], query_reps.shape[2:]
-    ref_f = spectra(reference_reps).conj().resolve_conj()
-    rows, cols = _shift_index(g_x, shift), _shift_index(g_y, shift)
+    query_w, reference_w = _window(query_reps, margin), _window(reference_reps, margin)
+    n_query, width, frames = query_w.shape[0], query_w.shape[2], query_w.shape[4]
+    shift = min(shift, width - 1)
+    size = _fft_size(width + shift)
+    ref_f = spectra(reference_w, size).conj().resolve_conj()
+    offsets = torch.tensor([d % size for d in _offsets(shift)])
+    q_sum, q_sq, count = overlap_sums(query_w, shift, query=True)
+    r_sum, r_sq, _ = overlap_sums(reference_w, shift, query=False)
+    q_var = (q_sq - q_sum.square() / count).clamp(min=0.0)
+    r_var = (r_sq - r_sum.square() / count).clamp(min=0.0)
     distance = torch.empty(n_query, dtype=torch.float64)
     index = torch.empty(n_query, dtype=torch.int64)
     k = picks.shape[1]
     block = max(1, pairs_per_block // max(1, k))
     for q0 in range(0, n_query, block):
-        q_f = spectra(query_reps[q0 : q0 + block])  # (B, S, G, G, F)
+        q_f = spectra(query_w[q0 : q0 + block], size)  # (B, S, P, P, F)
         chosen = picks[q0 : q0 + block]  # (B, k)
-        b = chosen.shape[0]
-        r_f = ref_f.index_select(0, chosen.reshape(-1)).reshape(b, k, *ref_f.shape[1:])
-        cross = (q_f.unsqueeze(1) * r_f).sum(dim=2)  # (B, k, G, G, F)
-        corr = torch.fft.irfftn(cross, s=(g_x, g_y, frames), dim=(2, 3, 4))  # (B, k, G, G, T)
-        corr = corr.index_select(2, rows).index_select(3, cols)
-        value, arg = corr.amax(dim=(2, 3, 4)).max(dim=1)
-        distance[q0 : q0 + b] = (1.0 - value.double()).clamp(min=0.0)
+        b, flat = chosen.shape[0], chosen.reshape(-1)
+        r_f = ref_f.index_select(0, flat).reshape(b, k, *ref_f.shape[1:])
+        cross = (q_f.unsqueeze(1) * r_f).sum(dim=2)  # (B, k, P, P, F)
+        corr = torch.fft.irfftn(cross, s=(size, size, frames), dim=(2, 3, 4))  # (B, k, P, P, T)
+        corr = corr.index_select(2, offsets).index_select(3, offsets).double()
+        qs = q_sum[q0 : q0 + b, None]  # (B, 1, O, O)
+        rs = r_sum.index_select(0, flat).reshape(b, k, *r_sum.shape[1:])
+        rv = r_var.index_select(0, flat).reshape(b, k, *r_var.shape[1:])
+        scale = (q_var[q0 : q0 + b, None] * rv).sqrt()  # (B, k, O, O)
+        centred = corr - (qs * rs / count)[..., None]
+        ncc = torch.where(
+            scale[..., None] > 1e-12, centred / scale.clamp(min=1e-12)[..., None], 0.0
+        )
+        value, arg = ncc.amax(dim=(2, 3, 4)).max(dim=1)
+        distance[q0 : q0 + b] = (1.0 - value).clamp(min=0.0)
         index[q0 : q0 + b] = chosen.gather(1, arg[:, None])[:, 0]
     return Nearest(distance, index)
 

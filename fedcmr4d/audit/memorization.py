@@ -10,10 +10,11 @@ translation, gamma, a rolled cycle, a flip or a small rotation; different subjec
 Where it runs (DESIGN.md, privacy model): each site computes, on its own train/holdout split,
 
 - ``d_s``: each synthetic subject's nearest training distance, ``h_s`` its nearest holdout
-  distance, and the holdout-to-train nearest distances ``r_1..r_n`` (all stay at the site);
-- a **tail p-value** per synthetic subject: ``log r`` is modelled as normal, and
-  ``p_s = T_{n-1}((log d_s - mean) / (sd * sqrt(1 + 1/n)))`` -- the Student-t predictive
-  distribution of a new draw, exact for log-normal data at any n, so a subject that is as far
+  distance, and the calibration sample ``r_1..r_n``: the holdout-to-train nearest distances
+  plus each training subject's leave-one-out nearest distance (all stay at the site);
+- a **tail p-value** per synthetic subject: ``r`` is modelled as Weibull (``log r``
+  minimum-Gumbel), and ``p_s`` is the predictive probability that a new draw lies at most at
+  ``d_s`` (:func:`tail_p_values`), exact for Weibull data at any n, so a subject that is as far
   from training as an unseen real patient gets a uniform p-value;
 - a **copy flag** ``p_s < copy_alpha / (N * K)`` (Bonferroni over the N synthetic subjects and
   the K sites that trained): a fresh cohort raises no flag with probability >= 1 - copy_alpha;
@@ -36,6 +37,7 @@ the verdict, thresholds, counts, p-values and the method: nothing a release must
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +46,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import scipy.optimize
 import scipy.stats
 import torch
 
@@ -122,27 +125,96 @@ def prepare_synthetic(synthetic_dir: str | Path, config: AuditConfig) -> Synthet
     return SyntheticSet(ids, reps, grid, files)
 
 
-def tail_p_values(holdout_to_train: np.ndarray, distances: np.ndarray) -> np.ndarray:
-    """Student-t predictive p-values of ``distances`` under a log-normal fit of the holdout.
+#: Simulated standard samples per calibration size n behind :func:`tail_p_values` (seeded).
+TAIL_SIMULATIONS = 20000
+_TAIL_SEED = 20261201
 
-    ``P(log D <= log d)`` for a new draw D from the same log-normal as the n holdout distances,
-    with mean and sd estimated from them: ``(log D - mean) / (sd sqrt(1 + 1/n))`` is exactly
-    t-distributed with n - 1 degrees of freedom. Needs n >= 2 and sd > 0.
+
+@functools.lru_cache(maxsize=64)
+def _pivot_estimates(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and sd (ddof 1) of ``TAIL_SIMULATIONS`` samples of n standard minimum-Gumbel draws
+    (``log E`` with E ~ Exp(1)): the law of the estimates when the model holds, for any
+    location and scale (they are equivariant)."""
+    rng = np.random.default_rng(_TAIL_SEED + n)
+    means, sds = [], []
+    rows = max(1, min(TAIL_SIMULATIONS, 2_000_000 // n))
+    for start in range(0, TAIL_SIMULATIONS, rows):
+        w = np.log(rng.standard_exponential((min(rows, TAIL_SIMULATIONS - start), n)))
+        means.append(w.mean(axis=1))
+        sds.append(w.std(axis=1, ddof=1))
+    return np.concatenate(means), np.concatenate(sds)
+
+
+def _log_fit(reference: np.ndarray) -> tuple[float, float, int]:
+    logs = np.log(np.maximum(np.asarray(reference, dtype=np.float64), DISTANCE_FLOOR)).ravel()
+    if logs.size < 2:
+        raise InputError(f"tail model: needs at least 2 reference distances, got {logs.size}")
+    return float(logs.mean()), max(float(logs.std(ddof=1)), 1e-12), int(logs.size)
+
+
+def _pivot_cdf(t: np.ndarray, n: int) -> np.ndarray:
+    """``P(T <= t)`` for the pivot ``T = (log D - mean) / sd`` of a new draw D (see
+    :func:`tail_p_values`), averaged over the simulated estimates in chunks."""
+    means, sds = _pivot_estimates(n)
+    t = np.atleast_1d(np.asarray(t, dtype=np.float64))
+    out = np.empty(t.shape, dtype=np.float64)
+    flat, result = t.ravel(), out.ravel()
+    step = max(1, 2_000_000 // means.size)
+    for start in range(0, flat.size, step):
+        w = means[None, :] + sds[None, :] * flat[start : start + step, None]
+        result[start : start + step] = (-np.expm1(-np.exp(np.minimum(w, 50.0)))).mean(axis=1)
+    return out
+
+
+def tail_p_values(reference: np.ndarray, distances: np.ndarray) -> np.ndarray:
+    """Predictive p-values of ``distances`` under a Weibull fit of the reference distances.
+
+    ``reference`` are the n calibration nearest distances (the site's holdout-to-train
+    distances, and the training subjects' leave-one-out nearest distances: see
+    :func:`calibration_distances`). A nearest distance is the minimum of many distances, and the
+    extreme-value law of a minimum of positive variables is the Weibull: ``log D`` is
+    minimum-Gumbel with location mu and scale beta, ``P(D <= d) = 1 - exp(-(d / e^mu)^(1 /
+    beta))``, a power law near 0 (the log-normal's lower tail is far lighter, and made fresh
+    cohorts fail more often than ``copy_alpha`` says). With ``m``, ``s`` the mean and sd of the
+    n log distances, ``T = (log D - m) / s`` for a new draw D has a law that depends on n only
+    (location-scale equivariance), so the p-value ``P(T <= t)`` is exact for Weibull data at any
+    n, as the Student-t is for log-normal data. It is computed as the mean of ``F(m* + s* t)``
+    over ``TAIL_SIMULATIONS`` seeded standard samples (``F`` the minimum-Gumbel CDF): smooth and
+    accurate far into the tail. Needs n >= 2.
     """
-    logs = np.log(np.maximum(np.asarray(holdout_to_train, dtype=np.float64), DISTANCE_FLOOR))
-    n = logs.size
-    mean, sd = float(logs.mean()), float(logs.std(ddof=1))
-    scale = max(sd, 1e-12) * math.sqrt(1.0 + 1.0 / n)
+    mean, sd, n = _log_fit(reference)
     query = np.log(np.maximum(np.asarray(distances, dtype=np.float64), DISTANCE_FLOOR))
-    return np.asarray(scipy.stats.t.cdf((query - mean) / scale, df=n - 1), dtype=np.float64)
+    return _pivot_cdf((query - mean) / sd, n).reshape(query.shape)
 
 
-def tail_threshold(holdout_to_train: np.ndarray, level: float) -> float:
+def tail_threshold(reference: np.ndarray, level: float) -> float:
     """The distance whose :func:`tail_p_values` p-value is ``level`` (flag below it)."""
-    logs = np.log(np.maximum(np.asarray(holdout_to_train, dtype=np.float64), DISTANCE_FLOOR))
-    n = logs.size
-    scale = max(float(logs.std(ddof=1)), 1e-12) * math.sqrt(1.0 + 1.0 / n)
-    return float(math.exp(float(logs.mean()) + scale * float(scipy.stats.t.ppf(level, df=n - 1))))
+    mean, sd, n = _log_fit(reference)
+    low, high = -1.0, 0.0
+    while float(_pivot_cdf(np.array([low]), n)[0]) > level:
+        low *= 2.0
+    while float(_pivot_cdf(np.array([high]), n)[0]) < level:
+        high = 2.0 * high + 1.0
+    t = scipy.optimize.brentq(
+        lambda x: float(_pivot_cdf(np.array([x]), n)[0]) - level, low, high, xtol=1e-10
+    )
+    return float(math.exp(mean + sd * t))
+
+
+def calibration_distances(holdout_to_train: np.ndarray, train_loo: np.ndarray) -> np.ndarray:
+    """The tail model's reference sample: holdout-to-train nearest distances, plus each training
+    subject's nearest distance to the other training subjects (leave one out).
+
+    Both are "how near is a patient to the training patients other than itself": the holdout
+    ones exactly as a fresh subject's, the leave-one-out ones against one reference fewer. They
+    multiply the sample that fixes the tail (a site with 10 holdout and 40 training subjects
+    calibrates on 50), which is what keeps near-copies caught at small holdout sizes. An exact
+    duplicate inside the training set (distance at the floor) says nothing about unseen patients
+    and is left out.
+    """
+    holdout = np.asarray(holdout_to_train, dtype=np.float64).ravel()
+    loo = np.asarray(train_loo, dtype=np.float64).ravel()
+    return np.concatenate([holdout, loo[loo > DISTANCE_FLOOR]])
 
 
 @dataclass
@@ -239,6 +311,7 @@ class SiteDetail:
     """What stays at the site (written only to the steward's ``audit-full.json`` locally)."""
 
     holdout_to_train: list[float]
+    train_leave_one_out: list[float]
     synthetic_to_train: list[float]
     synthetic_to_holdout: list[float]
     p_values: list[float]
@@ -280,6 +353,7 @@ def site_answer_from_reps(
             f"site {site}: a holdout subject is identical to a training subject (distance 0): "
             "train and holdout overlap, and the threshold would be 0"
         )
+    train_loo = train_leave_one_out(train_reps, grid)
     syn_variants = variants(synthetic_reps, grid)
     to_train = nearest_over_variants(syn_variants, train_reps, **search).numpy()
     to_holdout = nearest_over_variants(syn_variants, holdout_reps, **search).numpy()
@@ -287,10 +361,11 @@ def site_answer_from_reps(
         to_holdout = np.full(len(synthetic_ids), math.inf)
     n = max(1, len(synthetic_ids))
     level = config.copy_alpha / (n * max(1, int(n_sites)))
-    calibrated = holdout_d.size >= config.min_holdout and float(np.std(np.log(holdout_d))) > 0
+    reference = calibration_distances(holdout_d, train_loo)
+    calibrated = holdout_d.size >= config.min_holdout and float(np.std(np.log(reference))) > 0
     if calibrated:
-        p_values = tail_p_values(holdout_d, to_train)
-        threshold: float | None = tail_threshold(holdout_d, level)
+        p_values = tail_p_values(reference, to_train)
+        threshold: float | None = tail_threshold(reference, level)
     else:
         p_values, threshold = np.ones(len(synthetic_ids)), None
     answer = SiteAnswer(
@@ -313,11 +388,27 @@ def site_answer_from_reps(
     answer.check()
     detail = SiteDetail(
         holdout_to_train=sorted(float(d) for d in holdout_d),
+        train_leave_one_out=sorted(float(d) for d in train_loo),
         synthetic_to_train=[float(d) for d in to_train],
         synthetic_to_holdout=[_finite(d) for d in to_holdout],  # type: ignore[misc]
         p_values=[float(p) for p in p_values],
     )
     return answer, detail
+
+
+def train_leave_one_out(train_reps: torch.Tensor, grid: AuditGrid) -> np.ndarray:
+    """Each training subject's nearest distance (same search as every query) to the other
+    training subjects; empty with fewer than 2 of them."""
+    n = int(train_reps.shape[0])
+    if n < 2:
+        return np.zeros(0)
+    search = {"shift": grid.shift_grid, "candidates": grid.candidates}
+    train_variants = variants(train_reps, grid)
+    out = np.empty(n)
+    for j in range(n):
+        others = torch.cat([train_reps[:j], train_reps[j + 1 :]])
+        out[j] = float(nearest_over_variants(train_variants[j : j + 1], others, **search)[0])
+    return out
 
 
 def _represent_dirs(dirs: Sequence[str | Path], grid: AuditGrid) -> torch.Tensor:
@@ -437,9 +528,9 @@ def combine_answers(
             "dcr_tolerance": config.dcr_tolerance,
             "dcr_alpha": config.dcr_alpha,
             "membership_alpha": config.membership_alpha,
-            "threshold_rule": "per site: the distance at which the Student-t predictive tail "
-            "p-value of a log-normal fit to its holdout-to-train distances equals "
-            "copy_alpha / (N * K)",
+            "threshold_rule": "per site: the distance at which the predictive tail p-value of "
+            "a Weibull fit to its holdout-to-train and training leave-one-out nearest distances "
+            "equals copy_alpha / (N * K)",
             "flag_rule": "tail p-value of the nearest training distance < copy_alpha / (N * K) "
             "(Bonferroni over N synthetic subjects and K sites)",
             "pass_rule": "no flag, every site calibrated, no site with dcr_share > dcr_expected "

@@ -125,7 +125,7 @@ def render_datasheet(provenance: dict[str, Any], audit: dict[str, Any]) -> str:
             f"shifts, in-plane shifts up to {grid.get('max_shift', '?')} voxels, flips and "
             "rotations, all slices).",
             f"- Strictest copy threshold {_fmt(summary['threshold'])}: computed at each site "
-            "from its own holdout subjects (a log-normal tail with a false-alarm rate of "
+            "from its own holdout and training subjects (a Weibull tail with a false-alarm rate of "
             f"{method.get('copy_alpha', '?')} for the whole cohort).",
             f"- Flagged synthetic subjects: {summary['n_flagged']} of {summary['n_synthetic']}.",
             f"- DCR share {summary['dcr_share']:.3f} (expected without memorization "
