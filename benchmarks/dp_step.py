@@ -24,7 +24,7 @@ from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, rec
 from fedcmr4d.config import Config, load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.privacy.site import SitePrivacy
-from fedcmr4d.stages import Stage
+from fedcmr4d.stages import GENERATOR_STAGES, Stage
 from fedcmr4d.train.trainer import StageTrainer
 
 
@@ -81,7 +81,7 @@ def main() -> None:
             cohort, 3 * batch, seed=0, image_size=d.image_size, slices=d.slices, frames=d.frames
         )
         ae_weights = StageTrainer("autoencoder", cfg_plain, cohort).get_weights()
-        for stage in Stage:
+        for stage in GENERATOR_STAGES:
             weights = ae_weights if stage is Stage.DIFFUSION else None
             plain, _ = _seconds_per_step(_trainer(stage, cfg_plain, cohort, weights, False), steps)
             dp_s, mean_b = _seconds_per_step(_trainer(stage, cfg_dp, cohort, weights, True), steps)

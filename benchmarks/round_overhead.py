@@ -36,9 +36,9 @@ from fedcmr4d.federated.init_weights import initial_weights
 from fedcmr4d.federated.settings import RunSettings, SiteSettings
 from fedcmr4d.federated.simulation import run_simulated_federation, simulation_backend
 from fedcmr4d.federated.site import train_round
-from fedcmr4d.stages import Stage
+from fedcmr4d.stages import GENERATOR_STAGES
 
-STAGES = tuple(Stage)
+STAGES = GENERATOR_STAGES
 REPEATS = 2  # timed local runs, and federated rounds after the first, per stage
 
 

@@ -44,12 +44,12 @@ from torch import nn
 from benchmarks.common import benchmark_parser, context, emit, peak_rss_gib, record
 from fedcmr4d.config import Config, load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
-from fedcmr4d.stages import Stage
+from fedcmr4d.stages import GENERATOR_STAGES, Stage
 from fedcmr4d.stages.base import Runtime
 from fedcmr4d.train.models import build_autoencoder
 from fedcmr4d.train.trainer import StageTrainer, resolve_device
 
-STAGES = tuple(Stage)
+STAGES = GENERATOR_STAGES
 VARIANTS = {
     "plain": (False, False, False),
     "channels_last": (True, False, False),

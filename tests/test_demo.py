@@ -89,16 +89,16 @@ def test_demo_help_names_the_steps() -> None:
         [sys.executable, "-m", "fedcmr4d", "demo", "--help"], capture_output=True, text=True
     )
     assert run.returncode == 0 and "Simulation Engine" in run.stdout
-    assert "--quick" in run.stdout
+    assert "--quick" in run.stdout and "--quality" in run.stdout
 
 
-def test_default_demo_is_the_quality_preset_and_quick_the_tiny_one(tmp_path: Path) -> None:
+def test_default_demo_is_the_quick_preset_and_quality_the_demo_recipe(tmp_path: Path) -> None:
     from fedcmr4d.config import load_config
     from fedcmr4d.federated.demo import DemoOptions
 
-    quality = DemoOptions(out=tmp_path).resolved()
-    assert quality.config == "demo" and load_config("demo").name == "demo"
-    assert (quality.subjects_per_site, quality.synthetic_subjects) == (32, 24)
-    assert quality.reference_subjects is not None and quality.reference_subjects >= 24
-    quick = DemoOptions(out=tmp_path, quick=True, synthetic_subjects=2).resolved()
+    quick = DemoOptions(out=tmp_path, synthetic_subjects=2).resolved()
     assert (quick.config, quick.subjects_per_site, quick.synthetic_subjects) == ("tiny", 6, 2)
+    quality = DemoOptions(out=tmp_path, quick=False).resolved()
+    assert quality.config == "demo" and load_config("demo").name == "demo"
+    assert (quality.subjects_per_site, quality.synthetic_subjects) == (64, 24)
+    assert quality.reference_subjects is not None and quality.reference_subjects >= 24

@@ -44,10 +44,10 @@ class DemoPreset:
     rounds_diffusion: int
 
 
-QUALITY = DemoPreset("demo", 32, 24, 24, -1, -1)
-"""The default: a quality run (beating phantoms) in about 10 minutes on 2 CPU cores."""
+QUALITY = DemoPreset("demo", 64, 24, 24, -1, -1)
+"""``--quality``: the demo recipe (docs/models.md: its time, figures and shortfalls)."""
 QUICK = DemoPreset("tiny", 6, 6, 6, 3, 3)
-"""``--quick``: every step in about a minute; the samples are noise (a pipeline check)."""
+"""The default (``--quick``): every step in about a minute; the samples are noise."""
 
 
 @dataclass
@@ -55,7 +55,7 @@ class DemoOptions:
     """What ``fedcmr4d demo`` was asked to do (fields left None take the preset's value)."""
 
     out: Path
-    quick: bool = False
+    quick: bool = True
     config: str | None = None
     overrides: list[str] = field(default_factory=list)
     subjects_per_site: int | None = None

@@ -30,12 +30,12 @@ from fedcmr4d.privacy.accounting import (
 from fedcmr4d.privacy.budget import check_budget, derive_noise_multiplier
 from fedcmr4d.privacy.engine import SubjectDP
 from fedcmr4d.privacy.guards import check_dp_model
-from fedcmr4d.stages import Stage
+from fedcmr4d.stages import GENERATOR_STAGES, Stage
 
 if TYPE_CHECKING:
     from fedcmr4d.privacy.protocol import Privacy
 
-STAGES = tuple(Stage)
+STAGES = GENERATOR_STAGES  # the DP plan: the segmenter stage is not trained under DP
 RELEASABLE_UNDER_DP = ("epsilon", "delta", "num-examples")
 
 

@@ -36,4 +36,8 @@ class Stage(StrEnum):
             raise ValueError(f"stage must be one of {names}, got {value!r}") from None
 
 
-__all__ = ["Stage"]
+GENERATOR_STAGES: tuple[Stage, ...] = (Stage.AUTOENCODER, Stage.DIFFUSION)
+"""The generator's two stages: the generator checkpoint format and the DP plan cover these
+(the segmenter stage has its own checkpoint format and is not trained under DP)."""
+
+__all__ = ["GENERATOR_STAGES", "Stage"]

@@ -40,7 +40,7 @@ from fedcmr4d.io import (
     sha256_file,
 )
 from fedcmr4d.models.quantizer import latent_scale_of_codebook
-from fedcmr4d.stages import Stage
+from fedcmr4d.stages import GENERATOR_STAGES, Stage
 from fedcmr4d.train.models import stack_slices_of
 
 WEIGHTS_FILE = "model.safetensors"
@@ -57,9 +57,6 @@ LATENT_SCALE_SOURCE = "codebook (1 / std of the l2-normalised codes' entries)"
 #: Name of the stage-1 codebook in a stage-1 checkpoint's weights.
 CODEBOOK_KEY = "autoencoder.quantizer.codebook"
 
-
-GENERATOR_STAGES = (Stage.AUTOENCODER, Stage.DIFFUSION)
-"""The stages whose checkpoints this module writes and reads."""
 
 @dataclass
 class Checkpoint:
