@@ -268,7 +268,7 @@ def main() -> None:
         samplers = ddim_vs_ddpm(
             args.checkpoint, subjects, args.batch, args.seed, features, real_feats
         )
-    cfg = load_checkpoint(args.checkpoint).cfg
+        cfg = load_checkpoint(args.checkpoint).cfg  # --quick: the run's folder goes with tmp
     result = {
         "benchmark": "sampling",
         "config": cfg.name,
