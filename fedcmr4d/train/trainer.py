@@ -238,7 +238,7 @@ class StageTrainer:
 
     def sync_lr(self) -> None:
         """Put every optimizer's lr at the schedule's value for the next step."""
-        for sched in getattr(self, "lr_schedulers", {}).values():
+        for sched in self.lr_schedulers.values():
             factors = [f(sched.last_epoch) for f in sched.lr_lambdas]  # type: ignore[attr-defined]
             for group, base, f in zip(
                 sched.optimizer.param_groups, sched.base_lrs, factors, strict=True
@@ -416,11 +416,7 @@ class StageTrainer:
         try:
             if isinstance(self.impl, SegmenterStage):
                 _, frames = load_labelled_subjects(
-                    self.cohort_dir,
-                    subject_ids,
-                    image_size=self.cfg.data.image_size,
-                    frames=self.cfg.data.frames,
-                    required=False,
+                    self.cohort_dir, subject_ids, **geometry, required=False
                 )
                 return self.impl.evaluate_frames(frames)
             _, cines = load_cines(self.cohort_dir, subject_ids, **geometry)
