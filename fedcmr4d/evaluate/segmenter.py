@@ -114,7 +114,7 @@ def _stack(frames: list[np.ndarray], fill: float) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _augment(images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> tuple:
+def augment_frames(images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator) -> tuple:
     """Mild intensity (scale, gamma) and shift augmentation, so segmentation carries over to
     synthetic cines whose contrast differs a little; shapes (B, 1, H, W) and (B, H, W)."""
     b = images.shape[0]
@@ -180,7 +180,7 @@ def fit_segmenter(
         pick = torch.randint(0, len(images), (ev.segmenter_batch_size,), generator=gen).tolist()
         x = _stack([images[i] for i in pick], 0.0).unsqueeze(1)
         y = _stack([labels[i] for i in pick], LABEL_UNLABELLED)
-        x, y = _augment(x, y, gen)
+        x, y = augment_frames(x, y, gen)
         x = pad_to_multiple(x, 0.0).to(device)
         y = pad_to_multiple(y, LABEL_UNLABELLED).to(device)
         loss = segmentation_loss(model(x), y)

@@ -33,7 +33,7 @@ from fedcmr4d.data.cohort import LABEL_UNLABELLED, open_cohort
 from fedcmr4d.data.datasets import load_cines
 from fedcmr4d.errors import ConfigError, InputError
 from fedcmr4d.evaluate.segmenter import (
-    _augment,
+    augment_frames,
     build_segmenter,
     pad_to_multiple,
     segmentation_loss,
@@ -186,7 +186,7 @@ class SegmenterStage:
         total = 0.0
         for _ in range(accumulation):
             images, labels = split_item(flatten(next_batch()))
-            images, labels = _augment(images, labels, self.generator)
+            images, labels = augment_frames(images, labels, self.generator)
             loss = self.loss(images, labels)
             (loss / accumulation).backward()
             total += float(loss.detach()) / accumulation
