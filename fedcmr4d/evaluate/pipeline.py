@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,6 +267,7 @@ def evaluate_cohorts(
     *,
     segmenter_dir: str | Path | None = None,
     cfg: Config | None = None,
+    utility: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate a synthetic cohort against a real one.
 
@@ -275,6 +277,8 @@ def evaluate_cohorts(
             none is given: one is then trained on the real cohort's labelled frames).
         segmenter_dir: a ``fedcmr4d train segmenter`` checkpoint folder.
         cfg: its ``evaluate`` section is used (defaults when None).
+        utility: the ``utility`` table of :func:`fedcmr4d.evaluate.utility.run_utility`
+            (arm -> scores), shown in the report and kept in ``metrics.json`` when given.
 
     Returns:
         The metrics, with ``report`` and ``metrics`` paths added.
@@ -297,6 +301,8 @@ def evaluate_cohorts(
         real_dir=str(real_cohort.root),
         segmenter=str(seg_dir),
     )
+    if utility is not None:
+        metrics["utility"] = dict(utility)
     metrics = _json_safe(metrics)
     gifs = {sid: report.cine_gif(cine, ms) for sid, (cine, ms) in synthetic.shown.items()}
     report_path = report.write_report(out, metrics, _figures(synthetic, real, metrics), gifs)

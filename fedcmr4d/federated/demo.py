@@ -10,7 +10,10 @@ Steps (each prints progress):
    (under DP the segmenter stage is left out and the cohort stays unlabelled);
 3. an Ed25519 key pair (unencrypted: a demo key), the signed release (refused if the audit
    failed) and its verification;
-4. the evaluation report of the synthetic cohort against the reference cohort.
+4. the evaluation report of the synthetic cohort against the reference cohort, with the
+   utility of the labelled synthetic cohort: site A trains the segmenter on its own phantoms,
+   on the synthetic cohort and on both, and tests each on the reference cohort (in a real
+   federation a site runs ``fedcmr4d utility`` on its own data and only the scores leave).
 """
 
 from __future__ import annotations
@@ -203,6 +206,7 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
         say("[4/4] evaluation against the reference cohort")
         from fedcmr4d.evaluate.pipeline import evaluate_cohorts
 
+        utility = _utility(out, fed, cfg, say)
         metrics = evaluate_cohorts(
             fed / "synthetic",
             out / "reference",
@@ -210,9 +214,11 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
             # the labels' segmenter for both
             segmenter_dir=segmenter if (segmenter / "meta.json").is_file() else None,
             cfg=cfg,
+            utility=utility,
         )
         result.report = Path(metrics["report"])
         result.rows.extend(evaluation_rows(metrics))
+        result.rows.extend(utility_rows(utility or {}))
     result.seconds = time.monotonic() - started
     return result
 
@@ -240,6 +246,37 @@ def evaluation_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"sd synthetic {_fmt(metrics.get('ef_synthetic_std'))} / real "
             f"{_fmt(metrics.get('ef_real_std'))}",
         ),
+    ]
+
+
+def _utility(out: Path, fed: Path, cfg: Config, say: Say) -> dict[str, Any] | None:
+    """Train-on-synthetic utility at site A, tested on the reference cohort; None if unlabelled."""
+    import json
+
+    from fedcmr4d.evaluate.utility import run_utility
+
+    index = json.loads((fed / "synthetic" / "cohort.json").read_text())
+    if not (index.get("provenance") or {}).get("labels"):
+        say("  utility: skipped (the synthetic cohort has no labels)")
+        return None
+    say("  utility: site-A trains the segmenter on its phantoms / the synthetic cohort / both")
+    metrics = run_utility(
+        out / "sites" / "site-A", fed / "synthetic", out / "reference", out / "utility", cfg=cfg
+    )
+    return dict(metrics["utility"])
+
+
+def utility_rows(utility: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """One summary row per utility arm: mean Dice, the structures' Dice and the EF error."""
+    return [
+        (
+            f"utility: {arm}",
+            f"Dice {_fmt(row.get('dice_mean'))}",
+            f"LV / myo / RV {_fmt(row.get('dice_lv'))} / {_fmt(row.get('dice_myo'))} / "
+            f"{_fmt(row.get('dice_rv'))}; EF MAE {_fmt(row.get('ef_mae'))} points "
+            f"({row.get('train_subjects')} training subjects)",
+        )
+        for arm, row in utility.items()
     ]
 
 

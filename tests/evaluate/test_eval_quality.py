@@ -131,10 +131,17 @@ def test_evaluate_trains_a_segmenter_when_none_is_given(tmp_path: Path) -> None:
     write_phantom_cohort(tmp_path / "real", 4, seed=5, image_size=SIZE)
     write_phantom_cohort(tmp_path / "syn", 2, seed=6, image_size=SIZE)
     cfg = load_config("tiny", ["evaluate.segmenter_steps=3", "evaluate.report_subjects=1"])
-    metrics = evaluate_cohorts(tmp_path / "syn", tmp_path / "real", tmp_path / "eval", cfg=cfg)
+    utility = {"real": {"dice_lv": 0.9, "dice_mean": 0.8, "ef_mae": float("nan")}}
+    metrics = evaluate_cohorts(
+        tmp_path / "syn", tmp_path / "real", tmp_path / "eval", cfg=cfg, utility=utility
+    )
     assert (tmp_path / "eval" / "segmenter" / "segmenter.safetensors").is_file()
     assert metrics["segmenter"] == str(tmp_path / "eval" / "segmenter")
     assert Path(metrics["report"]).is_file() and Path(metrics["metrics"]).is_file()
+    # the utility table travels into metrics.json (NaN as null) and the report
+    kept = json.loads(Path(metrics["metrics"]).read_text())["utility"]
+    assert kept == {"real": {"dice_lv": 0.9, "dice_mean": 0.8, "ef_mae": None}}
+    assert "Utility: train on real / synthetic / both" in Path(metrics["report"]).read_text()
     with pytest.raises(InputError, match=r"noseg/meta\.json: missing"):
         evaluate_cohorts(
             tmp_path / "syn", tmp_path / "real", tmp_path / "e2", segmenter_dir=tmp_path / "noseg"
