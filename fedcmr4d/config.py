@@ -115,6 +115,12 @@ class StageTrainConfig(_Strict):
     grad_accumulation: int = Field(1, ge=1)
     slices_per_subject: int = Field(1, ge=1, description="random slices drawn per subject per step")
     ema_decay: float = Field(0.0, ge=0, lt=1)
+    augment: bool = Field(
+        False,
+        description="stage 1 only: mirror each drawn slice along x and/or y and shift its "
+        "frames cyclically at random, so the autoencoder learns the anatomy rather than its "
+        "training subjects (the membership audit measures the difference)",
+    )
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="0: only at the end")
 
@@ -140,6 +146,16 @@ class TrainConfig(_Strict):
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     channels_last: bool = True
     num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _augment_is_stage_1(self) -> TrainConfig:
+        for name in ("diffusion", "segmenter"):
+            if getattr(self, name).augment:
+                raise ValueError(
+                    f"train.{name}.augment: only the autoencoder augments (train.autoencoder."
+                    "augment); the segmenter has its own, stage 2 trains on unaugmented latents"
+                )
+        return self
 
     def stage(self, stage: Stage) -> StageTrainConfig:
         """The optimisation settings of ``stage`` (``train.<stage>``)."""

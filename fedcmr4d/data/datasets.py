@@ -62,6 +62,22 @@ def cine_slices(cine: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(cine)).permute(2, 0, 1, 3).unsqueeze(1)
 
 
+def augment_slices(slices: Tensor, rng: np.random.Generator) -> Tensor:
+    """Mirror each (1, X, Y, T) slice along x and / or y and roll its frames cyclically.
+
+    Each choice is drawn per slice: (k, 1, X, Y, T) -> same shape. A cine stays a cine (the
+    cycle is periodic; a mirrored heart is a heart), so the autoencoder sees more anatomy
+    without a change of contrast or timing it would have to learn.
+    """
+    out = []
+    for one in slices:
+        dims = [d for d, flip in ((1, rng.random() < 0.5), (2, rng.random() < 0.5)) if flip]
+        if dims:
+            one = one.flip(dims)
+        out.append(one.roll(int(rng.integers(one.shape[-1])), dims=-1))
+    return torch.stack(out)
+
+
 class SliceDataset(Dataset[Tensor]):
     """Stage 1: k random 2D+t slices per subject.
 
@@ -69,14 +85,23 @@ class SliceDataset(Dataset[Tensor]):
         cines: (X, Y, Z, T) arrays, one per subject.
         slices_per_subject: k, slices drawn per item (with replacement when k > Z).
         seed: base seed; item ``i`` of epoch ``e`` draws from ``seed, e, i`` so runs repeat.
+        augment: pass each drawn slice through :func:`augment_slices`.
     """
 
-    def __init__(self, cines: Sequence[np.ndarray], slices_per_subject: int, seed: int = 0):
+    def __init__(
+        self,
+        cines: Sequence[np.ndarray],
+        slices_per_subject: int,
+        seed: int = 0,
+        *,
+        augment: bool = False,
+    ):
         if slices_per_subject < 1:
             raise ValueError(f"slices_per_subject must be >= 1, got {slices_per_subject}")
         self.slices = [cine_slices(c) for c in cines]
         self.k = slices_per_subject
         self.seed = seed
+        self.augment = augment
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -87,7 +112,8 @@ class SliceDataset(Dataset[Tensor]):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         z = slices.shape[0]
         picks = rng.choice(z, size=self.k, replace=self.k > z)
-        return slices[torch.from_numpy(picks)]
+        drawn = slices[torch.from_numpy(picks)]
+        return augment_slices(drawn, rng) if self.augment else drawn
 
 
 class LatentStackDataset(Dataset[Tensor]):

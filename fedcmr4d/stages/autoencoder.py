@@ -76,7 +76,9 @@ class AutoencoderStage:
         self.cfg = cfg
         self.runtime = runtime
         tc = cfg.train.autoencoder
-        self.dataset = SliceDataset(cines, tc.slices_per_subject, seed=cfg.seed)
+        self.dataset = SliceDataset(
+            cines, tc.slices_per_subject, seed=cfg.seed, augment=tc.augment
+        )
         self.autoencoder = build_autoencoder(cfg)
         self.discriminator = build_discriminator(cfg)
         self.models: dict[str, nn.Module] = {
