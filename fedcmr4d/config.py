@@ -82,6 +82,12 @@ class DiffusionConfig(_Strict):
     schedule: Literal["cosine", "linear_beta", "scaled_linear_beta"] = "cosine"
     prediction: Literal["v_prediction", "epsilon", "sample"] = "v_prediction"
     huber_delta: float = Field(1.0, gt=0)
+    min_snr_gamma: float | None = Field(
+        None,
+        gt=0,
+        description="Min-SNR-gamma loss weighting (Hang et al. 2023; 5 is the paper's value); "
+        "null: every timestep weighs 1",
+    )
     sample_steps: int = Field(50, ge=1)
     sampler: Literal["ddim", "ddpm"] = "ddim"
     stack_slices: int | None = Field(

@@ -61,3 +61,22 @@ def diffusion_target(
     if kind == "epsilon":
         return noise
     return clean
+
+
+def min_snr_weights(scheduler: DDPMScheduler, timesteps: Tensor, gamma: float) -> Tensor:
+    """Min-SNR-gamma loss weight of each sample's timestep, (N,) -> (N,).
+
+    Hang et al., "Efficient Diffusion Training via Min-SNR Weighting Strategy" (ICCV 2023):
+    clipping the signal-to-noise ratio at ``gamma`` stops the nearly clean timesteps, whose
+    targets are easy, from dominating the gradient. Expressed for the target the UNet predicts:
+    min(SNR, gamma) / (SNR + 1) for v, / SNR for epsilon, unchanged for the clean sample.
+    """
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alpha_bar / (1.0 - alpha_bar).clamp_min(1e-12)
+    clipped = snr.clamp(max=gamma)
+    kind = scheduler.prediction_type
+    if kind == "v_prediction":
+        return clipped / (snr + 1.0)
+    if kind == "epsilon":
+        return clipped / snr.clamp_min(1e-12)
+    return clipped

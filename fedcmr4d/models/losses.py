@@ -18,7 +18,7 @@ from monai.networks.schedulers import DDPMScheduler
 from torch import Tensor, nn
 
 from fedcmr4d.errors import ConfigError
-from fedcmr4d.schedulers import diffusion_target
+from fedcmr4d.schedulers import diffusion_target, min_snr_weights
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ def diffusion_loss(
     *,
     huber_delta: float,
     generator: torch.Generator | None = None,
+    min_snr_gamma: float | None = None,
 ) -> Tensor:
     """Huber loss of the UNet's prediction at uniformly random timesteps.
 
@@ -123,6 +124,9 @@ def diffusion_loss(
         clean: (N, C, h, w, t) scaled latent stacks.
         huber_delta: Huber transition point (smooth L1 on v for delta = 1).
         generator: optional generator for reproducible noise and timesteps (validation).
+        min_snr_gamma: weight each sample's loss by
+            :func:`~fedcmr4d.schedulers.min_snr_weights` (None: every timestep weighs 1).
+            Each sample's loss still depends on that sample alone, as DP-SGD needs.
     """
     noise = torch.randn(clean.shape, generator=generator, device=clean.device, dtype=clean.dtype)
     timesteps = torch.randint(
@@ -135,4 +139,10 @@ def diffusion_loss(
     noisy = scheduler.add_noise(clean, noise, timesteps)
     prediction = unet(x=noisy, timesteps=timesteps)
     target = diffusion_target(scheduler, clean, noise, timesteps)
-    return F.huber_loss(prediction.float(), target.float(), delta=huber_delta)
+    if min_snr_gamma is None:
+        return F.huber_loss(prediction.float(), target.float(), delta=huber_delta)
+    per_element = F.huber_loss(
+        prediction.float(), target.float(), delta=huber_delta, reduction="none"
+    )
+    per_sample = per_element.flatten(1).mean(dim=1)
+    return (per_sample * min_snr_weights(scheduler, timesteps, min_snr_gamma)).mean()

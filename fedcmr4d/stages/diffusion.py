@@ -110,6 +110,7 @@ class DiffusionStage:
                 latent_stacks,
                 huber_delta=self.cfg.diffusion.huber_delta,
                 generator=generator,
+                min_snr_gamma=self.cfg.diffusion.min_snr_gamma,
             )
 
     def train_step(

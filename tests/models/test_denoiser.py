@@ -10,7 +10,7 @@ from fedcmr4d.models.denoiser import build_unet as build_unet_from_args
 from fedcmr4d.models.denoiser import stack_slices, unstack_slices
 from fedcmr4d.models.losses import diffusion_loss
 from fedcmr4d.pipelines.generation import denoise
-from fedcmr4d.schedulers import build_sample_scheduler, build_train_scheduler
+from fedcmr4d.schedulers import build_sample_scheduler, build_train_scheduler, min_snr_weights
 
 
 def build_unet(cfg: DiffusionConfig, in_channels: int):  # noqa: ANN201
@@ -75,6 +75,39 @@ def test_loss_is_finite_and_differentiable(prediction: str) -> None:
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in unet.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon", "sample"])
+def test_min_snr_weights_clip_the_signal_to_noise_ratio(prediction: str) -> None:
+    scheduler = build_train_scheduler(TINY.model_copy(update={"prediction": prediction}))
+    t = torch.arange(scheduler.num_train_timesteps)
+    abar = scheduler.alphas_cumprod[t].float()
+    snr = abar / (1 - abar)
+    w = min_snr_weights(scheduler, t, 5.0)
+    as_if_epsilon = {"v_prediction": w * (snr + 1), "epsilon": w * snr, "sample": w}[prediction]
+    # in the clean sample's terms the weight is min(SNR, 5): SNR itself below 5, 5 above
+    assert torch.allclose(as_if_epsilon, torch.minimum(snr, torch.tensor(5.0)), rtol=1e-4)
+    assert bool((snr > 5).any()) and bool((snr < 5).any())  # both regimes are tested
+
+
+def test_min_snr_loss_is_the_weighted_mean_of_per_sample_losses() -> None:
+    cfg = TINY.model_copy(update={"prediction": "v_prediction"})
+    unet, scheduler = build_unet(cfg, 8), build_train_scheduler(cfg)
+    clean = torch.randn(3, 8, 4, 4, 2)
+    gen = torch.Generator().manual_seed(0)
+    weighted = diffusion_loss(
+        unet, scheduler, clean, huber_delta=1.0, generator=gen, min_snr_gamma=5.0
+    )
+    gen = torch.Generator().manual_seed(0)  # the same noise and timesteps, drawn by hand
+    noise = torch.randn(clean.shape, generator=gen)
+    t = torch.randint(0, scheduler.num_train_timesteps, (3,), generator=gen)
+    with torch.no_grad():
+        pred = unet(x=scheduler.add_noise(clean, noise, t), timesteps=t)
+    target = scheduler.get_velocity(clean, noise, t)
+    per_sample = torch.nn.functional.huber_loss(pred, target, reduction="none").flatten(1).mean(1)
+    expected = (per_sample * min_snr_weights(scheduler, t, 5.0)).mean()
+    assert torch.allclose(weighted.detach(), expected, rtol=1e-5)
+    assert not torch.allclose(expected, per_sample.mean())  # the weights did something
 
 
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
