@@ -28,8 +28,10 @@ from fedcmr4d.pipelines.generation import sample_cohort
 from fedcmr4d.train.checkpoint import load_checkpoint
 
 KEPT = (
-    "fid_mean", "fid_std", "fid_depth", "fid_real_real_mean", "fid_ratio", "ef_w1",
-    "ef_synthetic_mean", "ef_real_mean", "n_synthetic", "n_real", "segmenter_vs_truth",
+    "fid_mean", "fid_std", "fid_depth", "fid_real_real_mean", "fid_matched_mean",
+    "fid_matched_subjects", "fid_ratio", "ef_w1", "ef_synthetic_mean", "ef_real_mean",
+    "ef_synthetic_std", "ef_real_std", "ef_std_ratio", "ef_synthetic_found", "n_synthetic",
+    "n_real", "segmenter_vs_truth",
 )  # fmt: skip
 
 
@@ -107,10 +109,11 @@ def main() -> None:
         return
     command = f"python -m benchmarks.quality --checkpoint {args.checkpoint} --subjects {subjects}"
     command += f" --segmenter {args.segmenter}" if args.segmenter else ""
+    command += f" --real {args.real}" if args.real else ""
     columns = [
-        "config: checkpoint (machine)", "n_synthetic", "n_real", "fid_mean", "fid_std",
-        "fid_real_real_mean", "fid_ratio", "ef_w1", "ef_synthetic_mean", "ef_real_mean",
-        "feature_network_sha256", "torch", "date",
+        "config: checkpoint (machine)", "n_synthetic", "n_real", "fid_matched_mean",
+        "fid_real_real_mean", "fid_matched_subjects", "fid_ratio", "ef_w1", "ef_synthetic_mean",
+        "ef_real_mean", "ef_std_ratio", "feature_network_sha256", "torch", "date",
     ]  # fmt: skip
     key = f"{result['config']}: {args.checkpoint.name} ({result['machine']})"
     record("quality", key, columns, result, command)
