@@ -117,7 +117,7 @@ def head_labels(head: nn.Module, ae: Any, cine: np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def reconstruct(ae: Any, cine: np.ndarray) -> np.ndarray:
-    out = ae.decode_stage_2_outputs(_codes(ae, cine))  # (Z, 1, X, Y, T)
+    out = ae.decode_stage_2_outputs(_codes(ae, cine), "nearest_code")  # (Z, 1, X, Y, T)
     return out[:, 0].clamp(0, 1).permute(1, 2, 0, 3).numpy().astype(np.float32)
 
 

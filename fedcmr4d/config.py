@@ -90,6 +90,12 @@ class DiffusionConfig(_Strict):
     )
     sample_steps: int = Field(50, ge=1)
     sampler: Literal["ddim", "ddpm"] = "ddim"
+    decode_latents: Literal["unit_sphere", "nearest_code"] = Field(
+        "unit_sphere",
+        description="how a sampled latent reaches the decoder: l2-normalised (unit_sphere) or "
+        "snapped to its nearest code (nearest_code, which erodes the small end-systolic pool; "
+        "docs/models.md)",
+    )
     stack_slices: int | None = Field(
         None, ge=1, description="slices per latent stack; null: data.slices; 1: slice-wise baseline"
     )

@@ -151,9 +151,21 @@ class SpatioTemporalVQVAE(nn.Module):
         return self.quantizer.snap(self.encode(x))
 
     @torch.no_grad()
-    def decode_stage_2_outputs(self, z: Tensor) -> Tensor:
-        """(N, D, h, w, t) sampled latents (unscaled) -> snapped to codes -> (N, C, H, W, T)."""
-        return self.decode(self.quantizer.snap(z))
+    def decode_stage_2_outputs(
+        self, z: Tensor, mode: Literal["unit_sphere", "nearest_code"]
+    ) -> Tensor:
+        """(N, D, h, w, t) sampled latents (unscaled) -> (N, C, H, W, T) images.
+
+        ``nearest_code`` snaps every latent vector to its nearest code first (a strict VQ
+        decode); ``unit_sphere`` only l2-normalises it, so a vector the diffusion model places
+        between two codes decodes between them (docs/models.md: snapping erodes the small
+        end-systolic LV pool of the samples).
+        """
+        if mode == "nearest_code":
+            return self.decode(self.quantizer.snap(z))
+        if mode == "unit_sphere":
+            return self.decode(torch.nn.functional.normalize(z, dim=1))
+        raise ValueError(f"mode must be unit_sphere or nearest_code, got {mode!r}")
 
     def latent_shape(self, image_size: int, frames: int) -> tuple[int, int, int, int]:
         """(D, h, w, t) of the latents of an (image_size, image_size, frames) slice."""

@@ -135,8 +135,11 @@ def sample_latent_stacks(
 
 @torch.no_grad()
 def decode_subject(gen: Generator4D, slice_latents: Tensor) -> np.ndarray:
-    """(S, D, h, w, t) latents -> snapped codes -> decoded slice by slice -> (X, Y, S, T) cine."""
-    slices = gen.autoencoder.decode_stage_2_outputs(slice_latents.to(gen.device))  # (S,1,H,W,T)
+    """(S, D, h, w, t) latents -> decoded slice by slice (``diffusion.decode_latents``) ->
+    (X, Y, S, T) cine."""
+    slices = gen.autoencoder.decode_stage_2_outputs(
+        slice_latents.to(gen.device), gen.cfg.diffusion.decode_latents
+    )  # (S, 1, H, W, T)
     cine = slices[:, 0].clamp(0, 1).permute(1, 2, 0, 3)
     return cine.float().cpu().numpy()
 
@@ -154,6 +157,7 @@ def _provenance(gen: Generator4D, seed: int, mode: str, batch_size: int) -> dict
         "batch_size": batch_size,
         "sampler": gen.cfg.diffusion.sampler,
         "sample_steps": gen.cfg.diffusion.sample_steps,
+        "decode_latents": gen.cfg.diffusion.decode_latents,
         "weights": "ema" if gen.used_ema else "raw",
         "code_version": code_version(),
         "checkpoint_code_version": meta.get("code_version"),

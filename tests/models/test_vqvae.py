@@ -38,7 +38,21 @@ def test_shapes(kwargs: dict, shape: tuple, latent: tuple) -> None:
     z = model.encode_stage_2_inputs(x)
     assert z.shape == latent
     assert model.latent_shape(shape[2], shape[4])[0] == latent[1]
-    assert model.decode_stage_2_outputs(torch.randn(latent)).shape == shape
+    assert model.decode_stage_2_outputs(torch.randn(latent), "unit_sphere").shape == shape
+
+
+def test_stage_2_decoding_modes() -> None:
+    model = SpatioTemporalVQVAE(**SMALL).eval()
+    codes = model.encode_stage_2_inputs(torch.rand(2, 1, 8, 8, 8))
+    both = [model.decode_stage_2_outputs(codes, m) for m in ("unit_sphere", "nearest_code")]
+    assert torch.allclose(both[0], both[1], atol=1e-5)  # on the codebook the modes agree
+    between = torch.randn_like(codes)
+    sphere = model.decode_stage_2_outputs(between, "unit_sphere")
+    assert torch.allclose(sphere, model.decode_stage_2_outputs(3.0 * between, "unit_sphere"))
+    assert torch.allclose(sphere, model.decode(torch.nn.functional.normalize(between, dim=1)))
+    assert not torch.allclose(sphere, model.decode_stage_2_outputs(between, "nearest_code"))
+    with pytest.raises(ValueError, match="mode"):
+        model.decode_stage_2_outputs(between, "round")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
