@@ -6,7 +6,7 @@ questions: GNU time's "Maximum resident set size" is the largest single process 
 Simulation Engine starts worker processes, whose memory it does not add up), while the tree
 total is what the machine must hold at once; the target is checked against the tree total.
 
-    python -m benchmarks.demo                 # the full demo (minutes); records its row
+    python -m benchmarks.demo                 # the default demo (minutes); records its row
     python -m benchmarks.demo --quick         # times `fedcmr4d phantom` instead (seconds)
     python -m benchmarks.demo -- --config tiny --subjects 4   # extra demo arguments
 """
@@ -117,6 +117,27 @@ def measure(command: list[str], cwd: Path) -> dict[str, Any]:
     }
 
 
+def demo_figures(out: Path) -> dict[str, Any]:
+    """The run's own verdicts and quality figures, read before its temporary folder goes."""
+    import json
+
+    found: dict[str, Any] = {}
+    audit = out / "federation" / "audit.json"
+    if audit.is_file():
+        found["audit_passed"] = json.loads(audit.read_text()).get("passed")
+    metrics = out / "evaluation" / "metrics.json"
+    if metrics.is_file():
+        m = json.loads(metrics.read_text())
+        for key in ("fid_ratio", "ef_w1", "ef_std_ratio"):
+            value = m.get(key)
+            found[key] = round(value, 3) if isinstance(value, float) else value
+        utility = m.get("utility") or {}
+        for arm in ("real", "synthetic", "real+synthetic"):
+            dice = (utility.get(arm) or {}).get("dice_mean")
+            found[f"dice_{arm}"] = round(dice, 3) if isinstance(dice, float) else dice
+    return found
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__, "time `fedcmr4d phantom` instead")
     parser.add_argument("demo_args", nargs="*", help="extra arguments for `fedcmr4d demo`")
@@ -129,6 +150,7 @@ def main() -> None:
         else:
             command = [*cli, "demo", "--out", str(out), *args.demo_args]
         figures = measure(command, Path(tmp))
+        figures.update(demo_figures(out))
     shown = " ".join(["fedcmr4d", *command[3:]]).replace(str(out), "OUT")
     result = {
         "benchmark": "demo",
@@ -149,7 +171,8 @@ def main() -> None:
         return
     columns = [
         "command", "returncode", "time_wall_s", "time_max_rss_gib", "tree_peak_rss_gib",
-        "within_target", "machine", "torch", "date",
+        "within_target", "audit_passed", "fid_ratio", "ef_w1", "ef_std_ratio", "dice_real",
+        "dice_synthetic", "dice_real+synthetic", "machine", "torch", "date",
     ]  # fmt: skip
     extra = " -- " + " ".join(args.demo_args) if args.demo_args else ""
     record("demo", shown, columns, result, "python -m benchmarks.demo" + extra)
