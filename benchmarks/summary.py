@@ -197,8 +197,8 @@ ITEMS = [
         "demo",
         "<= 10 min and <= 6 GiB",
         lambda r: (
-            f"{r.get('time_wall_s')} s, {r.get('tree_peak_rss_gib')} GiB (process tree), "
-            f"exit {r.get('returncode')}"
+            f"{r.get('time_wall_s')} s, {r.get('tree_peak_pss_gib')} GiB (process tree PSS; "
+            f"summed RSS {r.get('tree_peak_rss_gib')} GiB), exit {r.get('returncode')}"
         ),
         lambda r: "met" if r.get("within_target") == "True" else "NOT met",
     ),
