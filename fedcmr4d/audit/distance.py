@@ -252,6 +252,10 @@ def nearest(
         return exact_on_candidates(query_reps, reference_reps, picks, shift)
 
 
+#: Query subjects (each with all its variants) searched at once by :func:`nearest_over_variants`.
+QUERIES_PER_CHUNK = 8
+
+
 def nearest_over_variants(
     query_variants: torch.Tensor,
     reference_reps: torch.Tensor,
@@ -273,6 +277,10 @@ def nearest_over_variants(
     n, v = query_variants.shape[:2]
     if n == 0:
         return torch.zeros(0, dtype=torch.float64)
-    flat = query_variants.reshape(n * v, *query_variants.shape[2:])
-    found = nearest(flat, reference_reps, shift=shift, candidates=candidates)
-    return found.distance.reshape(n, v).amin(dim=1)
+    best = []
+    for q0 in range(0, n, QUERIES_PER_CHUNK):  # queries are independent: chunks bound memory
+        chunk = query_variants[q0 : q0 + QUERIES_PER_CHUNK]
+        flat = chunk.reshape(chunk.shape[0] * v, *query_variants.shape[2:])
+        found = nearest(flat, reference_reps, shift=shift, candidates=candidates)
+        best.append(found.distance.reshape(chunk.shape[0], v).amin(dim=1))
+    return torch.cat(best)

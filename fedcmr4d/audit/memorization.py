@@ -403,11 +403,11 @@ def train_leave_one_out(train_reps: torch.Tensor, grid: AuditGrid) -> np.ndarray
     if n < 2:
         return np.zeros(0)
     search = {"shift": grid.shift_grid, "candidates": grid.candidates}
-    train_variants = variants(train_reps, grid)
     out = np.empty(n)
-    for j in range(n):
+    for j in range(n):  # one subject's variants at a time: all at once held ~V x the cohort
         others = torch.cat([train_reps[:j], train_reps[j + 1 :]])
-        out[j] = float(nearest_over_variants(train_variants[j : j + 1], others, **search)[0])
+        mine = variants(train_reps[j : j + 1], grid)
+        out[j] = float(nearest_over_variants(mine, others, **search)[0])
     return out
 
 

@@ -99,3 +99,16 @@ def test_coarse_embedding_ignores_cyclic_shifts():
     reps = _normalised(3, torch.Generator().manual_seed(4))
     moved = torch.roll(reps, shifts=(1, 2, 3), dims=(2, 3, 4))
     assert torch.allclose(coarse_embedding(reps), coarse_embedding(moved), atol=1e-5)
+
+
+def test_variant_search_in_chunks_equals_each_query_alone():
+    from fedcmr4d.audit.distance import QUERIES_PER_CHUNK, nearest_over_variants
+
+    gen = torch.Generator().manual_seed(3)
+    n = 2 * QUERIES_PER_CHUNK + 3  # two full chunks and a partial one
+    queries = _normalised(n * 3, gen).reshape(n, 3, *_normalised(1, gen).shape[1:])
+    refs = _normalised(5, gen)
+    chunked = nearest_over_variants(queries, refs, shift=1)
+    alone = [nearest(queries[i], refs, shift=1).distance.min() for i in range(n)]
+    assert chunked.shape == (n,)
+    assert torch.allclose(chunked, torch.stack(alone))
