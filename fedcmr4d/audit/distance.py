@@ -253,7 +253,7 @@ def nearest(
 
 
 #: Query subjects (each with all its variants) searched at once by :func:`nearest_over_variants`.
-QUERIES_PER_CHUNK = 8
+QUERIES_PER_CHUNK = 16
 
 
 def nearest_over_variants(
