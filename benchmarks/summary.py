@@ -187,8 +187,10 @@ ITEMS = [
         "quality",
         "(measured; FID should approach real-real)",
         lambda r: (
-            f"{_first_cell(r)}: FID {r.get('fid_mean')} +- {r.get('fid_std')} "
-            f"(real-real {r.get('fid_real_real_mean')}), EF W1 {r.get('ef_w1')} EF points"
+            f"{_first_cell(r)}: FID {r.get('fid_matched_mean')} at "
+            f"{r.get('fid_matched_subjects')} subjects a side (real-real "
+            f"{r.get('fid_real_real_mean')}, ratio {r.get('fid_ratio')}), EF W1 {r.get('ef_w1')}"
+            " EF points"
         ),
         lambda r: "-",
     ),
