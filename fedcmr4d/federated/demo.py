@@ -251,12 +251,10 @@ def evaluation_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
 
 def _utility(out: Path, fed: Path, cfg: Config, say: Say) -> dict[str, Any] | None:
     """Train-on-synthetic utility at site A, tested on the reference cohort; None if unlabelled."""
-    import json
-
+    from fedcmr4d.data.cohort import open_cohort
     from fedcmr4d.evaluate.utility import run_utility
 
-    index = json.loads((fed / "synthetic" / "cohort.json").read_text())
-    if not (index.get("provenance") or {}).get("labels"):
+    if not (open_cohort(fed / "synthetic").index.get("provenance") or {}).get("labels"):
         say("  utility: skipped (the synthetic cohort has no labels)")
         return None
     say("  utility: site-A trains the segmenter on its phantoms / the synthetic cohort / both")
