@@ -21,8 +21,9 @@ def label_command(
     """Segment every frame of every subject: labels.nii.gz, ED/ES frames and EF in meta.json.
 
     Run it after `fedcmr4d sample` and before `fedcmr4d audit`: the audit hashes every file and
-    the release refuses files added later. A cohort sampled under DP is refused (the segmenter
-    is not trained under DP). Prints one JSON line: counts and the EF summary.
+    the release refuses files added later. A cohort sampled under DP is labelled only by a
+    segmenter trained under DP (the federation's segmenter stage at DP sites); a local `train
+    segmenter` one is refused there. Prints one JSON line: counts and the EF summary.
 
     Example: `fedcmr4d label --synthetic samples/ --segmenter runs/segmenter`
     """

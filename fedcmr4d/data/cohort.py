@@ -144,7 +144,7 @@ def write_subject_labels(
         meta_update: keys written into ``meta.json`` (existing keys of the same name replaced).
     """
     folder = Path(cohort_dir) / subject_id
-    cine_img = _load_nifti(folder / CINE_FILE)
+    cine_img = _open_nifti(folder / CINE_FILE)  # its grid only
     if tuple(labels.shape) != tuple(cine_img.shape):
         raise InputError(
             f"{folder / CINE_FILE}: labels {labels.shape} differ from {cine_img.shape}"
@@ -160,22 +160,30 @@ def write_subject_labels(
     return folder / LABELS_FILE
 
 
-def _load_nifti(path: Path) -> nib.Nifti1Image:
+def _open_nifti(path: Path) -> nib.Nifti1Image:
+    """The image's header (voxels not read yet); a missing or unreadable file names itself."""
     if not path.is_file():
         raise InputError(f"{path}: file is missing")
     try:
-        image = nib.load(str(path))
-        np.asarray(image.dataobj)  # type: ignore[attr-defined]  # full read: truncation fails here
+        return nib.load(str(path))  # type: ignore[return-value]
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InputError(f"{path}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
-    return image  # type: ignore[return-value]
+
+
+def _load_nifti(path: Path, dtype: Any = None) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """The image and its voxels, read once (a truncated or corrupt file fails here, naming it)."""
+    image = _open_nifti(path)
+    try:
+        data = np.asarray(image.dataobj, dtype=dtype)  # type: ignore[attr-defined]
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable NIfTI ({type(exc).__name__}: {exc})") from None
+    return image, data
 
 
 def read_subject(cohort_dir: str | Path, subject_id: str, with_labels: bool = True) -> Subject:
     """Read one subject folder back; raises :class:`InputError` naming the bad file."""
     folder = Path(cohort_dir) / subject_id
-    cine_img = _load_nifti(folder / CINE_FILE)
-    cine = np.asarray(cine_img.dataobj, dtype=np.float32)
+    cine_img, cine = _load_nifti(folder / CINE_FILE, np.float32)
     if cine.ndim != 4:
         raise InputError(f"{folder / CINE_FILE}: expected 4D (X, Y, Z, T), got shape {cine.shape}")
     if not np.isfinite(cine).all():
@@ -184,7 +192,7 @@ def read_subject(cohort_dir: str | Path, subject_id: str, with_labels: bool = Tr
     frame_ms = float(zooms[3]) if len(zooms) > 3 else 0.0
     labels = None
     if with_labels and (folder / LABELS_FILE).exists():
-        labels = np.asarray(_load_nifti(folder / LABELS_FILE).dataobj).astype(np.uint8)
+        labels = _load_nifti(folder / LABELS_FILE)[1].astype(np.uint8)
         if labels.shape != cine.shape:
             raise InputError(f"{folder / LABELS_FILE}: shape {labels.shape} != cine {cine.shape}")
     meta: dict[str, Any] = {}

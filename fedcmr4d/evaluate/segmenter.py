@@ -135,7 +135,9 @@ def segmentation_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     """
     ce = F.cross_entropy(logits, labels, ignore_index=LABEL_UNLABELLED)
     valid = (labels != LABEL_UNLABELLED).unsqueeze(1).float()
-    target = F.one_hot(labels.clamp(max=NUM_CLASSES - 1), NUM_CLASSES).permute(0, 3, 1, 2).float()
+    # One-hot by comparison (F.one_hot has no vmap rule, and the DP step runs under vmap).
+    classes = torch.arange(NUM_CLASSES, device=labels.device).view(1, -1, 1, 1)
+    target = (labels.clamp(max=NUM_CLASSES - 1).unsqueeze(1) == classes).float()
     probs = logits.softmax(dim=1) * valid
     target = target * valid
     inter = (probs * target).sum(dim=(0, 2, 3))[1:]

@@ -207,10 +207,6 @@ class Coordinator:
         self.cfg_yaml = self.cfg.to_yaml()
         self.out = Path(settings.out_dir)
         self.stages = settings.stage_list()
-        if "segmenter" in self.stages and self.cfg.privacy.enabled:
-            from fedcmr4d.stages.segmenter import DP_REFUSED
-
-            raise ConfigError(f"run config: stages includes segmenter; {DP_REFUSED}")
 
     def _start_state(self) -> tuple[ServerState, Snapshot | None]:
         run_config = self.settings.to_run_config()

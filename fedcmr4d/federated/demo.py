@@ -180,12 +180,6 @@ def run_demo(options: DemoOptions, say: Say) -> DemoResult:
         f"{cfg.data.frames} frames)"
     )
     write_sites(options, cfg, say)
-    if cfg.privacy.enabled:  # the segmenter stage refuses DP; labels from a DP cohort are refused
-        from dataclasses import replace
-
-        say("  labels: none (DP run; the segmenter stage is not trained under DP)")
-        settings = replace(settings, stages="autoencoder,diffusion,audit")
-
     say("[2/4] federated training with Flower's Simulation Engine (3 sites, in process)")
     state = run_simulated_federation(
         settings,
@@ -257,6 +251,11 @@ def _utility(out: Path, fed: Path, cfg: Config, say: Say) -> dict[str, Any] | No
     if not (open_cohort(fed / "synthetic").index.get("provenance") or {}).get("labels"):
         say("  utility: skipped (the synthetic cohort has no labels)")
         return None
+    if cfg.privacy.enabled:
+        # Arms (a) and (c) train a segmenter on site A's phantoms without DP-SGD: their scores
+        # would leave the site outside its budget.
+        say("  utility: skipped (DP run: the real arms' scores are not covered by the sites' ε)")
+        return None
     say("  utility: site-A trains the segmenter on its phantoms / the synthetic cohort / both")
     metrics = run_utility(
         out / "sites" / "site-A", fed / "synthetic", out / "reference", out / "utility", cfg=cfg
@@ -284,12 +283,18 @@ def _fmt(value: Any) -> str:
 
 def _federation_rows(result: DemoResult, history: list[dict[str, Any]], fed: Path) -> None:
     for row in history:
-        loss = row["train"].get("loss")
+        train = row["train"]
+        # Under DP a site sends no loss (it is not covered by ε): show the ε it reported.
+        figure = (
+            f"loss {_fmt(train['loss'])}"
+            if "loss" in train
+            else f"epsilon {_fmt(train.get('epsilon'))}"
+        )
         result.rows.append(
             (
                 f"{row['stage']} round {row['round']}",
                 f"{row['sites_accepted']}/{row['sites_replied']} sites",
-                f"loss {_fmt(loss)}, {row['bytes_to_sites'] + row['bytes_from_sites']:,} bytes",
+                f"{figure}, {row['bytes_to_sites'] + row['bytes_from_sites']:,} bytes",
             )
         )
     import json

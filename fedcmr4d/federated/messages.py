@@ -5,22 +5,28 @@ from __future__ import annotations
 from flwr.app import ConfigRecord, Message
 
 from fedcmr4d.config import Config
-from fedcmr4d.federated.settings import RunSettings
+from fedcmr4d.federated.settings import TRAIN_STAGES, RunSettings
 
 
 def message_config(settings: RunSettings, stage: str, cfg: Config, cfg_yaml: str) -> ConfigRecord:
     """The ``config`` record of every message of a stage: stage, resolved YAML, planned rounds.
 
+    A training stage the run does not plan is sent as 0 rounds: a DP site derives its noise from
+    the whole plan, and would otherwise keep budget back for a stage that never comes.
+
     ``cohort-root``/``state-root`` are simulation hints (a deployed site ignores them: its node
     config names its cohort).
     """
+    planned = settings.stage_list()
+    rounds = {
+        f"rounds-{name}": settings.rounds(name, cfg) if name in planned else 0
+        for name in TRAIN_STAGES
+    }
     return ConfigRecord(
         {
             "stage": stage,
             "config-yaml": cfg_yaml,
-            "rounds-autoencoder": settings.rounds("autoencoder", cfg),
-            "rounds-diffusion": settings.rounds("diffusion", cfg),
-            "rounds-segmenter": settings.rounds("segmenter", cfg),
+            **rounds,
             "cohort-root": settings.cohort_root,
             "state-root": settings.state_root,
         }

@@ -69,8 +69,10 @@ def save_segmenter_checkpoint(
     """The federated segmenter as a segmenter checkpoint folder (:mod:`fedcmr4d.evaluate.segmenter`)
     that ``label_cohort`` and ``evaluate --segmenter`` load unchanged.
 
-    ``meta["privacy"]["dp"]`` records whether the sites trained it under DP-SGD (the stage
-    refuses DP today, so it is false); the sites' (ε, δ) sit beside it under ``sites``.
+    ``meta["privacy"]["dp"]`` records whether it was trained under DP-SGD: true only when every
+    site whose update was averaged in reported (ε, δ) for the segmenter stage (a site's own node
+    config decides its DP, so the coordinator's config alone cannot say); the sites' (ε, δ) sit
+    beside it under ``sites``.
     """
     from fedcmr4d import __version__
     from fedcmr4d.evaluate.segmenter import KIND, NUM_CLASSES, build_segmenter, save_segmenter
@@ -89,8 +91,27 @@ def save_segmenter_checkpoint(
         "num_classes": NUM_CLASSES,
         "steps": rounds * cfg.round_steps("segmenter"),
         "frame_shape": [cfg.data.image_size, cfg.data.image_size],
-        "privacy": {**privacy, "dp": bool(cfg.privacy.enabled)},
+        "privacy": {**privacy, "dp": segmenter_was_dp(federated_meta)},
         "data": None,  # site data: no path leaves a site
         "code_version": __version__,
     }
     save_segmenter(model, out_dir, cfg, meta)
+
+
+def segmenter_was_dp(federated_meta: dict[str, Any]) -> bool:
+    """Whether every site averaged into the segmenter reported a segmenter (ε, δ).
+
+    ``federated_meta["sites"]`` holds the reply labels ``<site> (node <id>)`` of the sites
+    accepted in any round; ``federated_meta["privacy"]["sites"]`` the last (ε, δ) each site
+    reported per stage.
+    """
+    names = {str(label).split(" (node ")[0] for label in federated_meta.get("sites") or []}
+    reported = (federated_meta.get("privacy") or {}).get("sites") or {}
+    if not names:
+        return False
+    return all(
+        isinstance(reported.get(name), dict)
+        and isinstance(reported[name].get("segmenter"), dict)
+        and reported[name]["segmenter"].get("epsilon") is not None
+        for name in names
+    )

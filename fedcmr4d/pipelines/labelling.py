@@ -16,10 +16,12 @@ counts). Every file goes through a temporary name and a rename (:mod:`fedcmr4d.i
 Why the segmenter and not a label head on the stage-1 latents: ``benchmarks/labels.py`` measures
 both on phantoms; docs/evaluation.md gives the figures and the choice.
 
-Privacy: the segmenter is trained on real labelled frames. It is trained without DP-SGD
-(``meta.json`` ``privacy.dp`` false), so a cohort sampled from a DP model is refused: labels
-from a non-private model of the same sites' data would spend privacy the release does not
-state. The release would then carry unlabelled cines rather than an unaccounted leak.
+Privacy: the segmenter is trained on real labelled frames. A cohort sampled from a DP model is
+labelled only by a segmenter trained under DP-SGD at every site (``meta.json`` ``privacy.dp``
+true; the federated segmenter stage under each site's own DP): labels from a non-private model
+of the same sites' data would spend privacy the release does not state. The segmenter's
+per-site (ε, δ) then joins the cohort's ``provenance.privacy.sites`` under ``segmenter``: each
+site's ledger spans its stages, so that entry is the site's total for the release.
 
 Labelling must happen before the audit: the audit records the hash of every cohort file and the
 release refuses files added after it (sample -> label -> audit -> release).
@@ -176,7 +178,7 @@ def check_segmenter_fits(
 
 
 def check_privacy(cohort: Cohort, segmenter_dir: Path, meta: dict[str, Any]) -> None:
-    """A DP cohort is labelled only by a segmenter trained under DP (none is built yet)."""
+    """A DP cohort is labelled only by a segmenter trained under DP."""
     if not cohort_is_dp(cohort.index):
         return
     privacy = meta.get("privacy")
@@ -233,9 +235,30 @@ def label_cohort(cohort_dir: str | Path, segmenter_dir: str | Path) -> LabelResu
         "n_labelled": len(result.subjects),
         "file": LABELS_FILE,
     }
+    segmenter_sites = segmenter_privacy_sites(meta)
+    if segmenter_sites:
+        privacy = dict(provenance.get("privacy") or {})
+        sites = {k: dict(v) for k, v in (privacy.get("sites") or {}).items()}
+        for site, entry in segmenter_sites.items():
+            sites.setdefault(site, {})["segmenter"] = entry
+        provenance["privacy"] = {**privacy, "sites": sites}
     index["provenance"] = provenance
     atomic_write_json(cohort.root / COHORT_INDEX, index)
     return result
+
+
+def segmenter_privacy_sites(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Site -> the (ε, δ, accountant) it reported for the segmenter stage (empty without DP)."""
+    privacy = meta.get("privacy")
+    sites = privacy.get("sites") if isinstance(privacy, dict) else None
+    if not isinstance(sites, dict):
+        return {}
+    out = {}
+    for site, stages in sites.items():
+        entry = stages.get("segmenter") if isinstance(stages, dict) else None
+        if isinstance(entry, dict) and entry.get("epsilon") is not None:
+            out[str(site)] = {k: entry.get(k) for k in ("epsilon", "delta", "accountant")}
+    return out
 
 
 def unlabelled_subject(cohort: Cohort) -> str | None:

@@ -30,12 +30,15 @@ from fedcmr4d.privacy.accounting import (
 from fedcmr4d.privacy.budget import check_budget, derive_noise_multiplier
 from fedcmr4d.privacy.engine import SubjectDP
 from fedcmr4d.privacy.guards import check_dp_model
-from fedcmr4d.stages import GENERATOR_STAGES, Stage
+from fedcmr4d.stages import Stage
 
 if TYPE_CHECKING:
     from fedcmr4d.privacy.protocol import Privacy
 
-STAGES = GENERATOR_STAGES  # the DP plan: the segmenter stage is not trained under DP
+STAGES = tuple(Stage)  # the DP plan, in training order: autoencoder, diffusion, segmenter
+# Planned rounds when none are given (local training: one run per stage). The segmenter is
+# planned only when the coordinator's message plans it, so a run without it keeps its budget.
+DEFAULT_ROUNDS = {Stage.AUTOENCODER.value: 1, Stage.DIFFUSION.value: 1}
 RELEASABLE_UNDER_DP = ("epsilon", "delta", "num-examples")
 
 
@@ -60,9 +63,9 @@ def stage_optimizer_steps(cfg: Config, stage: str, steps: int, start_step: int =
     """DP optimizer steps (each with its own Poisson sample) in ``steps`` training steps.
 
     Stage 1 takes a generator step every training step and a discriminator step once the
-    adversarial loss is on; stage 2 takes one UNet step per training step.
+    adversarial loss is on; stage 2 and the segmenter take one step per training step.
     """
-    if stage == "diffusion":
+    if stage in ("diffusion", "segmenter"):
         return steps
     if stage != "autoencoder":
         raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -103,7 +106,7 @@ class SitePrivacy:
         self.cfg = cfg
         self.ledger = ledger
         self.n_subjects = n_subjects
-        self.rounds = {stage: 1 for stage in STAGES} | dict(rounds or {})
+        self.rounds = DEFAULT_ROUNDS | dict(rounds or {})
         self.site = site
         self.local_total_steps = local_total_steps
         self.seed = seed
@@ -195,8 +198,10 @@ class SitePrivacy:
         plan = []
         for name in STAGES[STAGES.index(stage) :]:
             steps_per_round = self.cfg.round_steps(name)
-            total = self.rounds.get(name, 1) * steps_per_round
+            total = self.rounds.get(name, 0) * steps_per_round
             begin = start_step if name == stage else 0
+            if name == stage:  # the stage asked for now: at least the round about to run
+                total = max(total, begin + steps_per_round)
             n_opt = stage_optimizer_steps(self.cfg, name, max(0, total - begin), begin)
             if n_opt:
                 plan.append(self._segment(name, 0.0, n_opt))

@@ -3,7 +3,7 @@
 - :mod:`~fedcmr4d.stages.autoencoder`: stage 1, the spatiotemporal VQ-VAE and its discriminator.
 - :mod:`~fedcmr4d.stages.diffusion`: stage 2, the latent denoiser on the frozen stage 1.
 - :mod:`~fedcmr4d.stages.segmenter`: the 2D LV/RV/myocardium segmenter that labels synthetic
-  cohorts, trained on the sites' labelled frames (federated; not under DP yet).
+  cohorts, trained on the sites' labelled frames (federated; under DP-SGD at DP sites).
 - :mod:`~fedcmr4d.stages.base`: what the generic loop (:mod:`fedcmr4d.train.trainer`) asks of a
   stage, and the device/precision settings a stage runs under.
 
@@ -37,7 +37,7 @@ class Stage(StrEnum):
 
 
 GENERATOR_STAGES: tuple[Stage, ...] = (Stage.AUTOENCODER, Stage.DIFFUSION)
-"""The generator's two stages: the generator checkpoint format and the DP plan cover these
-(the segmenter stage has its own checkpoint format and is not trained under DP)."""
+"""The generator's two stages: the generator checkpoint format covers these (the segmenter
+stage has its own checkpoint format)."""
 
 __all__ = ["GENERATOR_STAGES", "Stage"]

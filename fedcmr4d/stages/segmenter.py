@@ -12,9 +12,13 @@ map (as float; 255 where unlabelled). The loss is cross-entropy plus soft Dice
 (:func:`~fedcmr4d.evaluate.segmenter.segmentation_loss`) after a mild intensity/shift
 augmentation.
 
-Not under DP yet: :meth:`SegmenterStage.dp_step` refuses, and so do the trainer and the
-coordinator when ``privacy.enabled`` is set (labels from a DP cohort stay refused by
-:mod:`fedcmr4d.pipelines.labelling`).
+Under DP (:meth:`SegmenterStage.dp_step`) the privacy unit is the subject, as in the generator
+stages: each step Poisson-samples the site's TRAINING subjects (all of them, labelled or not, so
+the sample rate is the one the site's ledger plans for every stage); a drawn subject without
+labelled frames has no data in this stage and contributes nothing. Each drawn subject's loss on
+its k frames is one row of ``torch.func.vmap``, clipped and noised by the site's DP optimizer. A
+segmenter trained so labels a cohort sampled from a DP model (:mod:`fedcmr4d.pipelines.labelling`
+refuses a non-DP one there).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from torch.utils.data import Dataset
 from fedcmr4d.config import Config
 from fedcmr4d.data.cohort import LABEL_UNLABELLED, open_cohort
 from fedcmr4d.data.datasets import load_cines
-from fedcmr4d.errors import ConfigError, InputError
+from fedcmr4d.errors import InputError
 from fedcmr4d.evaluate.segmenter import (
     augment_frames,
     build_segmenter,
@@ -39,18 +43,13 @@ from fedcmr4d.evaluate.segmenter import (
     segmentation_loss,
 )
 from fedcmr4d.stages import Stage
-from fedcmr4d.stages.base import Runtime, StepOptimizers, flatten
+from fedcmr4d.stages.base import Runtime, StepOptimizers, flatten, mean_or_none, subjects_batch
 
 if TYPE_CHECKING:
     from fedcmr4d.privacy.engine import SubjectDP
 
 #: (images (M, X, Y) float32, labels (M, X, Y) int64) of one subject's labelled frames.
 SubjectFrames = tuple[np.ndarray, np.ndarray]
-
-DP_REFUSED = (
-    "privacy.enabled: the segmenter stage is not trained under DP-SGD yet; run it without "
-    "privacy (labels from a DP cohort stay refused) or leave it out of stages"
-)
 
 
 def subject_frames(cine: np.ndarray, labels: np.ndarray) -> SubjectFrames | None:
@@ -157,6 +156,9 @@ class SegmenterStage:
         model = build_segmenter(features=cfg.evaluate.segmenter_features)
         self.models: dict[str, nn.Module] = {"segmenter": self.runtime.place(model)}
         self._generator: torch.Generator | None = None
+        # DP only: position in ``dataset`` of each of the site's training subjects (None: that
+        # subject has no labelled frame). Set by the trainer; the Poisson sample is over these.
+        self.population_positions: list[int | None] = list(range(len(subjects)))
 
     @property
     def generator(self) -> torch.Generator:
@@ -194,8 +196,28 @@ class SegmenterStage:
         return {"loss": total}
 
     def dp_step(self, step: int, engine: SubjectDP, optim: StepOptimizers) -> dict[str, float]:
-        """Refused: the segmenter stage has no per-subject DP step yet."""
-        raise ConfigError(DP_REFUSED)
+        """One DP step on a Poisson sample of the site's training subjects.
+
+        The batch is (B, k, 2, X, Y): B drawn subjects that have labelled frames, k frames each.
+        The augmentation (intensity, shift) is drawn before the per-subject loss; it depends on
+        no subject's data, so each subject's loss still depends on that subject alone.
+        """
+        self.set_epoch(step)  # fresh frame draws each step
+        drawn = [self.population_positions[i] for i in engine.draw()]
+        batch = subjects_batch(self.dataset, [p for p in drawn if p is not None], self.runtime)
+        b, k = batch.shape[:2]
+        images, labels = augment_frames(*split_item(batch.flatten(0, 1)), self.generator)
+        frames = torch.cat([images, labels.unsqueeze(1).to(images.dtype)], dim=1)
+
+        def subject_loss(item: Tensor) -> Tensor:  # (k, 2, X, Y): one subject's frames
+            return self.loss(*split_item(item))
+
+        losses, _ = engine.backward(
+            self.models["segmenter"], subject_loss, frames.reshape(b, k, *frames.shape[1:])
+        )
+        optim.step("segmenter")
+        mean = mean_or_none(losses)
+        return {} if mean is None else {"loss": mean}
 
     @torch.no_grad()
     def evaluate_frames(self, subjects: list[SubjectFrames]) -> dict[str, float]:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from fedcmr4d.config import Config, StageTrainConfig
+from fedcmr4d.data.cohort import open_cohort
 from fedcmr4d.data.datasets import load_cines
 from fedcmr4d.devices import resolve_device
 from fedcmr4d.errors import ConfigError
@@ -36,7 +37,7 @@ from fedcmr4d.stages import Stage
 from fedcmr4d.stages.autoencoder import AutoencoderStage
 from fedcmr4d.stages.base import Runtime, StepOptimizers, TrainingStage
 from fedcmr4d.stages.diffusion import DiffusionStage, load_frozen_autoencoder
-from fedcmr4d.stages.segmenter import DP_REFUSED, SegmenterStage, load_labelled_subjects
+from fedcmr4d.stages.segmenter import SegmenterStage, load_labelled_subjects
 from fedcmr4d.train.models import strip_prefixes
 
 __all__ = ["StageTrainer", "build_stage", "load_frozen_autoencoder", "resolve_device"]
@@ -127,7 +128,7 @@ class StageTrainer:
 
     Args:
         stage: ``Stage.AUTOENCODER`` (stage 1), ``Stage.DIFFUSION`` (stage 2) or
-            ``Stage.SEGMENTER`` (trains on labelled subjects only; not under DP), or its name.
+            ``Stage.SEGMENTER`` (trains on labelled subjects only), or its name.
         cfg: resolved config.
         cohort_dir: the site's cohort folder.
         device: "auto", "cpu" or "cuda"; "auto" defers to ``cfg.train.device``.
@@ -167,8 +168,6 @@ class StageTrainer:
                 f"{type(privacy).__name__} lacks {', '.join(missing) or 'callable methods'}"
             )
         tc = self.train_cfg
-        if self.stage is Stage.SEGMENTER and (privacy is not None or cfg.privacy.enabled):
-            raise ConfigError(DP_REFUSED)
         if privacy is not None and tc.grad_accumulation != 1:
             raise ConfigError(
                 f"train.{self.stage}.grad_accumulation: {tc.grad_accumulation} is not supported "
@@ -176,17 +175,29 @@ class StageTrainer:
             )
         size, frames = cfg.data.image_size, cfg.data.frames
         cines: list[Any]
+        # The subjects a DP step samples from: every training subject (the segmenter trains
+        # on those with labelled frames, but the sample rate is planned over all of them).
+        self.population: list[str]
         if self.stage is Stage.SEGMENTER:  # its subjects: those with labelled frames
             self.subject_ids, cines = load_labelled_subjects(
                 cohort_dir, subject_ids, image_size=size, frames=frames
+            )
+            self.population = (
+                list(subject_ids)
+                if subject_ids is not None
+                else list(open_cohort(cohort_dir).subject_ids)
             )
         else:
             self.subject_ids, cines = load_cines(
                 cohort_dir, subject_ids, image_size=size, frames=frames
             )
+            self.population = list(self.subject_ids)
         self.impl = build_stage(
             self.stage, cfg, cines, runtime, autoencoder_weights=autoencoder_weights
         )
+        if isinstance(self.impl, SegmenterStage):
+            position = {sid: i for i, sid in enumerate(self.subject_ids)}
+            self.impl.population_positions = [position.get(sid) for sid in self.population]
         self.models = self.impl.models
         self.optimizers, self.lr_schedulers = build_optimizers(
             self.models,
@@ -202,7 +213,7 @@ class StageTrainer:
             self.engine = privacy.attach(
                 self.stage,
                 models=self.models,
-                n_subjects=self.num_subjects,
+                n_subjects=len(self.population),
                 start_step=self.global_step,
                 device=self.device,
             )

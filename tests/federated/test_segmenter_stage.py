@@ -17,6 +17,7 @@ from fedcmr4d.federated.coordinator import Coordinator
 from fedcmr4d.federated.init_weights import initial_weights
 from fedcmr4d.federated.settings import RunSettings
 from fedcmr4d.federated.simulation import run_simulated_federation, simulation_backend
+from fedcmr4d.federated.stage_checkpoint import segmenter_was_dp
 from fedcmr4d.train.trainer import StageTrainer
 
 SMALL = ["evaluate.segmenter_features=[8,8,8,8,8,8]", "train.segmenter.steps=2"]
@@ -60,13 +61,22 @@ def test_a_cohort_without_labels_is_refused_naming_it(tmp_path: Path) -> None:
         StageTrainer("segmenter", load_config("tiny", SMALL), cohort)
 
 
-def test_the_segmenter_stage_refuses_dp_at_the_site_and_the_coordinator(tmp_path: Path) -> None:
-    cohort = _cohort(tmp_path / "c", subjects=2)
-    with pytest.raises(ConfigError, match="segmenter stage is not trained under DP-SGD"):
-        StageTrainer("segmenter", load_config("tiny-dp", SMALL), cohort)
+def test_the_coordinator_accepts_a_dp_run_with_the_segmenter_stage(tmp_path: Path) -> None:
     settings = RunSettings(config="tiny-dp", stages="segmenter,audit", out_dir=str(tmp_path))
-    with pytest.raises(ConfigError, match="stages includes segmenter; privacy.enabled"):
-        Coordinator(None, settings)  # type: ignore[arg-type]  # refused before any message
+    assert Coordinator(None, settings).stages == ["segmenter", "audit"]  # type: ignore[arg-type]
+
+
+def test_the_segmenter_counts_as_dp_only_when_every_averaged_site_reported_epsilon() -> None:
+    entry = {"epsilon": 3.0, "delta": 1e-3, "accountant": "rdp"}
+    meta = {
+        "sites": ["site-A (node 11)", "site-B (node 12)"],
+        "privacy": {"sites": {"site-A": {"segmenter": entry}, "site-B": {"segmenter": entry}}},
+    }
+    assert segmenter_was_dp(meta)
+    # site-B's node config did not ask for DP: it reported no ε for this stage
+    meta["privacy"]["sites"]["site-B"] = {"diffusion": entry}
+    assert not segmenter_was_dp(meta)
+    assert not segmenter_was_dp({"sites": [], "privacy": {}})
 
 
 def test_labels_come_from_the_federated_segmenter_unless_overridden(tmp_path: Path) -> None:
@@ -134,3 +144,49 @@ def test_three_sites_train_the_segmenter_one_refuses_and_its_checkpoint_labels_a
     index = json.loads((synthetic / "cohort.json").read_text())
     assert index["provenance"]["labels"]["segmenter_dp"] is False
     assert index["provenance"]["labels"]["segmenter_train_subjects"] == 4
+
+
+@pytest.mark.slow
+def test_a_dp_federation_trains_a_dp_segmenter_that_labels_a_dp_cohort(
+    tmp_path: Path, two_sites: Path
+) -> None:
+    from fedcmr4d.evaluate.segmenter import load_segmenter
+    from fedcmr4d.pipelines.labelling import label_cohort
+
+    settings = RunSettings(
+        config="tiny-dp",
+        overrides=";".join([*SMALL, "train.segmenter.batch_size=1"]),
+        stages="segmenter",
+        rounds_segmenter=1,
+        out_dir=str(tmp_path / "out"),
+        cohort_root=str(two_sites),
+        state_root=str(tmp_path / "site-state"),
+    )
+    state = run_simulated_federation(
+        settings,
+        progress=lambda _: None,
+        backend_config=simulation_backend(num_cpus=1, total_cpus=2),
+    )
+    assert state.completed_stages == ["segmenter"]
+    (row,) = state.history
+    assert set(row["train"]) <= {"epsilon", "delta", "num-examples"}  # no loss leaves a site
+    _, meta = load_segmenter(Path(settings.out_dir) / "segmenter")
+    assert meta["privacy"]["dp"] is True
+    sites = meta["privacy"]["sites"]
+    assert sorted(sites) == ["site-0-A", "site-1-B"]
+    assert all(0 < entry["segmenter"]["epsilon"] < 50 for entry in sites.values())
+
+    dp = {"privacy": {"sites": {"site-0-A": {"diffusion": {"epsilon": 1.0, "delta": 1e-3}}}}}
+    synthetic = _cohort(tmp_path / "to-label", subjects=1)
+    index_path = synthetic / "cohort.json"
+    index = json.loads(index_path.read_text())
+    index["provenance"] = {**index.get("provenance", {}), **dp}
+    index_path.write_text(json.dumps(index))
+    label_cohort(synthetic, Path(settings.out_dir) / "segmenter")
+    provenance = json.loads(index_path.read_text())["provenance"]
+    assert provenance["labels"]["segmenter_dp"] is True
+    labelled_sites = provenance["privacy"]["sites"]
+    assert labelled_sites["site-0-A"]["diffusion"]["epsilon"] == 1.0  # kept
+    site_a = sites["site-0-A"]["segmenter"]["epsilon"]
+    assert labelled_sites["site-0-A"]["segmenter"]["epsilon"] == site_a
+    assert "segmenter" in labelled_sites["site-1-B"]
