@@ -145,20 +145,80 @@ def coarse_embedding(reps: torch.Tensor, keep: int = 8) -> torch.Tensor:
 
 
 def coarse_candidates(
-    query: torch.Tensor, reference: torch.Tensor, count: int, block: int
+    query: torch.Tensor,
+    reference: torch.Tensor | References,
+    count: int,
+    block: int,
+    *,
+    exclude: int | None = None,
 ) -> torch.Tensor:
-    """(N_q, count) indices of the references most similar in the coarse embedding."""
-    q_emb, r_emb = coarse_embedding(query), coarse_embedding(reference)
+    """(N_q, count) indices of the references most similar in the coarse embedding.
+
+    ``exclude``: a reference index never picked (leave-one-out: the query's own entry).
+    """
+    refs = reference if isinstance(reference, References) else None
+    q_emb = coarse_embedding(query)
+    r_emb = refs.embedding if refs is not None else coarse_embedding(reference)  # type: ignore[arg-type]
     picks = []
     for q0 in range(0, q_emb.shape[0], block):
         similarity = q_emb[q0 : q0 + block] @ r_emb.T
+        if exclude is not None:
+            similarity[:, exclude] = -float("inf")
         picks.append(similarity.topk(count, dim=1).indices)
     return torch.cat(picks)
 
 
+@dataclass
+class References:
+    """The reference side of the search, computed once for many queries (:func:`prepare`).
+
+    A site's training subjects are the references of its holdout, its synthetic queries and
+    each training subject's leave-one-out search; recomputing their spectra for every query
+    batch cost most of a site's audit time.
+
+    Attributes:
+        reps: (N_r, S, G, G, T) the representations.
+        shift: the in-plane shift the spectra are padded for (already capped at ``W - 1``).
+        size: P, the padded in-plane FFT size.
+        spectra: (N_r, S, P, P, T // 2 + 1) conjugated spectra of the inner windows.
+        sums, variances: (N_r, 2k+1, 2k+1) float64 overlap sums and variances per offset.
+        embedding: (N_r, D') coarse embeddings (:func:`coarse_embedding`).
+    """
+
+    reps: torch.Tensor
+    shift: int
+    size: int
+    spectra: torch.Tensor
+    sums: torch.Tensor
+    variances: torch.Tensor
+    embedding: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.reps.shape[0])
+
+
+def prepare(reference_reps: torch.Tensor, shift: int, margin: int = EDGE_MARGIN) -> References:
+    """The reference terms of :func:`exact_on_candidates` and :func:`coarse_candidates`."""
+    with torch.no_grad():
+        window = _window(reference_reps, margin)
+        width = window.shape[2]
+        shift = min(shift, width - 1)
+        size = _fft_size(width + shift)
+        r_sum, r_sq, count = overlap_sums(window, shift, query=False)
+        return References(
+            reps=reference_reps,
+            shift=shift,
+            size=size,
+            spectra=spectra(window, size).conj().resolve_conj(),
+            sums=r_sum,
+            variances=(r_sq - r_sum.square() / count).clamp(min=0.0),
+            embedding=coarse_embedding(reference_reps),
+        )
+
+
 def exact_on_candidates(
     query_reps: torch.Tensor,
-    reference_reps: torch.Tensor,
+    reference_reps: torch.Tensor | References,
     picks: torch.Tensor,
     shift: int,
     pairs_per_block: int = 128,
@@ -176,18 +236,22 @@ def exact_on_candidates(
     and every tau.
 
     Args:
+        reference_reps: the references, or their :func:`prepare`-d terms (then ``shift`` and
+            ``margin`` must be those they were prepared with).
         picks: (N_q, k) candidate reference indices per query.
     """
-    query_w, reference_w = _window(query_reps, margin), _window(reference_reps, margin)
-    n_query, width, frames = query_w.shape[0], query_w.shape[2], query_w.shape[4]
-    shift = min(shift, width - 1)
-    size = _fft_size(width + shift)
-    ref_f = spectra(reference_w, size).conj().resolve_conj()
+    refs = (
+        reference_reps
+        if isinstance(reference_reps, References)
+        else prepare(reference_reps, shift, margin)
+    )
+    query_w = _window(query_reps, margin)
+    n_query, frames = query_w.shape[0], query_w.shape[4]
+    shift, size, ref_f = refs.shift, refs.size, refs.spectra
     offsets = torch.tensor([d % size for d in _offsets(shift)])
     q_sum, q_sq, count = overlap_sums(query_w, shift, query=True)
-    r_sum, r_sq, _ = overlap_sums(reference_w, shift, query=False)
+    r_sum, r_var = refs.sums, refs.variances
     q_var = (q_sq - q_sum.square() / count).clamp(min=0.0)
-    r_var = (r_sq - r_sum.square() / count).clamp(min=0.0)
     distance = torch.empty(n_query, dtype=torch.float64)
     index = torch.empty(n_query, dtype=torch.int64)
     k = picks.shape[1]
@@ -216,11 +280,12 @@ def exact_on_candidates(
 
 def nearest(
     query_reps: torch.Tensor,
-    reference_reps: torch.Tensor,
+    reference_reps: torch.Tensor | References,
     *,
     shift: int,
     candidates: int = 0,
     block: int = 256,
+    exclude: int | None = None,
 ) -> Nearest:
     """Nearest reference of every query under ``1 - shift-invariant NCC``.
 
@@ -231,24 +296,27 @@ def nearest(
         candidates: 0 for the exhaustive search; otherwise the number of coarse candidates per
             query scored exactly (exhaustive anyway when ``N_r <= candidates``).
         block: queries and references handled per matrix product.
+        exclude: a reference index left out (leave-one-out), exactly as if it were removed.
 
     Returns:
         :class:`Nearest` with one entry per query.
     """
-    n_query, n_ref = query_reps.shape[0], reference_reps.shape[0]
+    raw = reference_reps.reps if isinstance(reference_reps, References) else reference_reps
+    kept = [i for i in range(raw.shape[0]) if i != exclude]
+    n_query, n_ref = query_reps.shape[0], len(kept)
     best = torch.full((n_query,), -float("inf"), dtype=torch.float64)
     index = torch.full((n_query,), -1, dtype=torch.int64)
     if n_query == 0 or n_ref == 0:
         return Nearest(1.0 - best, index)
-    if query_reps.shape[1:] != reference_reps.shape[1:]:
-        raise ValueError(
-            f"shapes differ: {tuple(query_reps.shape)} vs {tuple(reference_reps.shape)}"
-        )
+    if query_reps.shape[1:] != raw.shape[1:]:
+        raise ValueError(f"shapes differ: {tuple(query_reps.shape)} vs {tuple(raw.shape)}")
     with torch.no_grad():
         if 0 < candidates < n_ref:
-            picks = coarse_candidates(query_reps, reference_reps, candidates, block)
+            picks = coarse_candidates(
+                query_reps, reference_reps, candidates, block, exclude=exclude
+            )
         else:
-            picks = torch.arange(n_ref).expand(n_query, n_ref)
+            picks = torch.tensor(kept).expand(n_query, n_ref)
         return exact_on_candidates(query_reps, reference_reps, picks, shift)
 
 
@@ -258,18 +326,21 @@ QUERIES_PER_CHUNK = 16
 
 def nearest_over_variants(
     query_variants: torch.Tensor,
-    reference_reps: torch.Tensor,
+    reference_reps: torch.Tensor | References,
     *,
     shift: int,
     candidates: int = 0,
+    exclude: int | None = None,
 ) -> torch.Tensor:
     """(N_q,) float64 distance of every query, in its best variant, to its nearest reference.
 
     Args:
         query_variants: (N_q, V, S, G, G, T) variants of each query
             (:func:`fedcmr4d.audit.features.variants`).
-        reference_reps: (N_r, S, G, G, T).
-        shift, candidates: as in :func:`nearest` (every variant gets its own candidates).
+        reference_reps: (N_r, S, G, G, T), or their :func:`prepare`-d terms (computed once
+            when many queries search the same references).
+        shift, candidates, exclude: as in :func:`nearest` (every variant gets its own
+            candidates).
 
     Returns:
         The minimum over variants of the nearest distance (``inf`` without references).
@@ -277,10 +348,14 @@ def nearest_over_variants(
     n, v = query_variants.shape[:2]
     if n == 0:
         return torch.zeros(0, dtype=torch.float64)
+    if not isinstance(reference_reps, References) and reference_reps.shape[0] > 0:
+        reference_reps = prepare(reference_reps, shift)  # once for every chunk below
     best = []
     for q0 in range(0, n, QUERIES_PER_CHUNK):  # queries are independent: chunks bound memory
         chunk = query_variants[q0 : q0 + QUERIES_PER_CHUNK]
         flat = chunk.reshape(chunk.shape[0] * v, *query_variants.shape[2:])
-        found = nearest(flat, reference_reps, shift=shift, candidates=candidates)
+        found = nearest(
+            flat, reference_reps, shift=shift, candidates=candidates, exclude=exclude
+        )
         best.append(found.distance.reshape(chunk.shape[0], v).amin(dim=1))
     return torch.cat(best)

@@ -51,7 +51,7 @@ import scipy.stats
 import torch
 
 from fedcmr4d import __version__
-from fedcmr4d.audit.distance import nearest_over_variants
+from fedcmr4d.audit.distance import References, nearest_over_variants, prepare
 from fedcmr4d.audit.features import AuditGrid, represent_cohort, variants
 from fedcmr4d.config import AuditConfig
 from fedcmr4d.data.cohort import CINE_FILE, open_cohort
@@ -347,15 +347,16 @@ def site_answer_from_reps(
     if train_reps.shape[0] == 0:
         raise InputError(f"site {site}: no training subjects to audit against")
     search = {"shift": grid.shift_grid, "candidates": grid.candidates}
-    holdout_d = nearest_over_variants(variants(holdout_reps, grid), train_reps, **search).numpy()
+    train = prepare(train_reps, grid.shift_grid)  # the references of every search below
+    holdout_d = nearest_over_variants(variants(holdout_reps, grid), train, **search).numpy()
     if holdout_d.size and float(holdout_d.min()) <= DISTANCE_FLOOR:
         raise ConfigError(
             f"site {site}: a holdout subject is identical to a training subject (distance 0): "
             "train and holdout overlap, and the threshold would be 0"
         )
-    train_loo = train_leave_one_out(train_reps, grid)
+    train_loo = train_leave_one_out(train, grid)
     syn_variants = variants(synthetic_reps, grid)
-    to_train = nearest_over_variants(syn_variants, train_reps, **search).numpy()
+    to_train = nearest_over_variants(syn_variants, train, **search).numpy()
     to_holdout = nearest_over_variants(syn_variants, holdout_reps, **search).numpy()
     if holdout_reps.shape[0] == 0:
         to_holdout = np.full(len(synthetic_ids), math.inf)
@@ -396,18 +397,24 @@ def site_answer_from_reps(
     return answer, detail
 
 
-def train_leave_one_out(train_reps: torch.Tensor, grid: AuditGrid) -> np.ndarray:
+def train_leave_one_out(train_reps: torch.Tensor | References, grid: AuditGrid) -> np.ndarray:
     """Each training subject's nearest distance (same search as every query) to the other
-    training subjects; empty with fewer than 2 of them."""
-    n = int(train_reps.shape[0])
+    training subjects; empty with fewer than 2 of them.
+
+    The training subjects' spectra are prepared once; subject j's own entry is excluded from
+    its search (the same candidates and distances as searching the cohort without it)."""
+    train = train_reps if isinstance(train_reps, References) else None
+    reps = train.reps if train is not None else train_reps
+    n = int(reps.shape[0])  # type: ignore[union-attr]
     if n < 2:
         return np.zeros(0)
+    if train is None:
+        train = prepare(reps, grid.shift_grid)  # type: ignore[arg-type]
     search = {"shift": grid.shift_grid, "candidates": grid.candidates}
     out = np.empty(n)
     for j in range(n):  # one subject's variants at a time: all at once held ~V x the cohort
-        others = torch.cat([train_reps[:j], train_reps[j + 1 :]])
-        mine = variants(train_reps[j : j + 1], grid)
-        out[j] = float(nearest_over_variants(mine, others, **search)[0])
+        mine = variants(train.reps[j : j + 1], grid)
+        out[j] = float(nearest_over_variants(mine, train, exclude=j, **search)[0])
     return out
 
 

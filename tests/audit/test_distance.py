@@ -112,3 +112,23 @@ def test_variant_search_in_chunks_equals_each_query_alone():
     alone = [nearest(queries[i], refs, shift=1).distance.min() for i in range(n)]
     assert chunked.shape == (n,)
     assert torch.allclose(chunked, torch.stack(alone))
+
+
+def test_prepared_references_and_exclusion_equal_a_search_without_that_reference():
+    """The leave-one-out search excludes the query's own entry from references prepared once;
+    it must give what searching the cohort with that entry removed gives (both search modes)."""
+    from fedcmr4d.audit.distance import nearest_over_variants, prepare
+
+    generator = torch.Generator().manual_seed(5)
+    refs = _normalised(12, generator)
+    queries = torch.stack([refs[3], _normalised(1, generator)[0]]).unsqueeze(1)  # (2, V=1, ...)
+    prepared = prepare(refs, 1)
+    others = torch.cat([refs[:3], refs[4:]])
+    for candidates in (0, 4):
+        kept = nearest_over_variants(queries, prepared, shift=1, candidates=candidates, exclude=3)
+        removed = nearest_over_variants(queries, others, shift=1, candidates=candidates)
+        assert torch.equal(kept, removed)
+        with_self = nearest_over_variants(queries, prepared, shift=1, candidates=candidates)
+        assert float(with_self[0]) < 1e-6 < float(kept[0])  # its own copy is found, unless excluded
+    found = nearest(refs[3:4], prepared, shift=1, exclude=3)
+    assert int(found.index[0]) != 3  # indices stay those of the full reference set
