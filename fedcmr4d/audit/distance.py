@@ -193,9 +193,6 @@ class References:
     variances: torch.Tensor
     embedding: torch.Tensor
 
-    def __len__(self) -> int:
-        return int(self.reps.shape[0])
-
 
 def prepare(reference_reps: torch.Tensor, shift: int, margin: int = EDGE_MARGIN) -> References:
     """The reference terms of :func:`exact_on_candidates` and :func:`coarse_candidates`."""

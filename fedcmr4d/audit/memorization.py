@@ -397,19 +397,16 @@ def site_answer_from_reps(
     return answer, detail
 
 
-def train_leave_one_out(train_reps: torch.Tensor | References, grid: AuditGrid) -> np.ndarray:
+def train_leave_one_out(train: References, grid: AuditGrid) -> np.ndarray:
     """Each training subject's nearest distance (same search as every query) to the other
     training subjects; empty with fewer than 2 of them.
 
-    The training subjects' spectra are prepared once; subject j's own entry is excluded from
-    its search (the same candidates and distances as searching the cohort without it)."""
-    train = train_reps if isinstance(train_reps, References) else None
-    reps = train.reps if train is not None else train_reps
-    n = int(reps.shape[0])  # type: ignore[union-attr]
+    ``train``: the training subjects :func:`~fedcmr4d.audit.distance.prepare`-d once; subject
+    j's own entry is excluded from its search (the same candidates and distances as searching
+    the cohort without it)."""
+    n = int(train.reps.shape[0])
     if n < 2:
         return np.zeros(0)
-    if train is None:
-        train = prepare(reps, grid.shift_grid)  # type: ignore[arg-type]
     search = {"shift": grid.shift_grid, "candidates": grid.candidates}
     out = np.empty(n)
     for j in range(n):  # one subject's variants at a time: all at once held ~V x the cohort

@@ -105,13 +105,8 @@ def segmenter_was_dp(federated_meta: dict[str, Any]) -> bool:
     accepted in any round; ``federated_meta["privacy"]["sites"]`` the last (ε, δ) each site
     reported per stage.
     """
-    names = {str(label).split(" (node ")[0] for label in federated_meta.get("sites") or []}
-    reported = (federated_meta.get("privacy") or {}).get("sites") or {}
-    if not names:
-        return False
-    return all(
-        isinstance(reported.get(name), dict)
-        and isinstance(reported[name].get("segmenter"), dict)
-        and reported[name]["segmenter"].get("epsilon") is not None
-        for name in names
-    )
+    from fedcmr4d.federated.audit_stage import site_label
+    from fedcmr4d.pipelines.labelling import segmenter_privacy_sites
+
+    names = {site_label(str(label)) for label in federated_meta.get("sites") or []}
+    return bool(names) and names <= set(segmenter_privacy_sites(federated_meta))
