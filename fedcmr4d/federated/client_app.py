@@ -16,7 +16,9 @@ time a site needs it (see :mod:`fedcmr4d.federated.stage1_delivery`).
 Before training, every message is checked against the site's own privacy policy (node config;
 :mod:`fedcmr4d.privacy.policy`). What a reply may carry, and how errors are reported (a
 category and an id, never the exception's text), is decided in one place for every handler:
-:func:`fedcmr4d.federated.outbound.outbound_mod`, installed on the whole app.
+:func:`fedcmr4d.federated.outbound.outbound_mod`, installed on the whole app. Outside it,
+:func:`fedcmr4d.federated.memory.release_memory_mod` hands the heap a message freed back to the
+operating system (a site process handles every round of every stage, then the audit).
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ from flwr.clientapp import ClientApp
 from fedcmr4d.config import Config, config_from_dict
 from fedcmr4d.errors import ConfigError
 from fedcmr4d.federated import site as site_ops
+from fedcmr4d.federated.memory import release_memory_mod
 from fedcmr4d.federated.outbound import outbound_mod
 from fedcmr4d.federated.records import metrics_to_record, record_to_weights, weights_to_record
 from fedcmr4d.federated.settings import TRAIN_STAGES, SiteSettings
 from fedcmr4d.federated.stage1_delivery import site_autoencoder
 
-app = ClientApp(mods=[outbound_mod])
+app = ClientApp(mods=[release_memory_mod, outbound_mod])
 
 
 def _job(msg: Message, context: Context) -> tuple[str, Config, SiteSettings, Any]:
@@ -135,7 +138,7 @@ def build_app(mods: list[Any]) -> ClientApp:
 
     For the simulation, which gives each virtual site its node config through a mod.
     """
-    built = ClientApp(mods=[*mods, outbound_mod])
+    built = ClientApp(mods=[*mods, release_memory_mod, outbound_mod])
     built.train()(train)
     built.evaluate()(evaluate)
     built.query("audit")(audit)
