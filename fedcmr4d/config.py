@@ -40,6 +40,13 @@ class DataConfig(_Strict):
         return self
 
 
+#: How sampled latents may reach the decoder, per stage-1 quantizer (``diffusion.decode_latents``).
+DECODE_MODES: dict[str, tuple[str, ...]] = {
+    "cosine": ("unit_sphere", "nearest_code"),
+    "fsq": ("clamp", "nearest_code"),
+}
+
+
 class AutoencoderConfig(_Strict):
     """Stage-1 spatiotemporal VQ-VAE on 2D+t slices (1 x H x W x T)."""
 
@@ -61,6 +68,34 @@ class AutoencoderConfig(_Strict):
     discriminator_layers: int = Field(3, ge=1)
     adversarial_loss: Literal["least_squares", "hinge"] = "least_squares"
     temporal_downsample: Literal[2, 4] = Field(4, description="4: T/4 latents (seed); 2: T/2")
+    quantizer: Literal["cosine", "fsq"] = Field(
+        "cosine",
+        description="cosine: the seed's l2-normalised codebook (num_embeddings codes, codebook, "
+        "commitment and entropy losses); fsq: finite scalar quantization, fsq_levels values per "
+        "latent dimension and no codebook (docs/models.md)",
+    )
+    fsq_levels: list[int] = Field(
+        default_factory=lambda: [5] * 8,
+        description="fsq: odd number of values (>= 3) per latent dimension, one per embedding_dim",
+    )
+
+    @model_validator(mode="after")
+    def _fsq(self) -> AutoencoderConfig:
+        if self.quantizer != "fsq":
+            return self
+        if len(self.fsq_levels) != self.embedding_dim:
+            raise ValueError(
+                f"fsq_levels needs one entry per latent dimension (embedding_dim "
+                f"{self.embedding_dim}), got {self.fsq_levels}"
+            )
+        if any(v < 3 or v % 2 == 0 for v in self.fsq_levels):
+            raise ValueError(f"fsq_levels must be odd integers >= 3, got {self.fsq_levels}")
+        if self.entropy_weight != 0:
+            raise ValueError(
+                "entropy_weight must be 0 with quantizer fsq (it has no codebook whose usage "
+                f"the loss could reward), got {self.entropy_weight}"
+            )
+        return self
 
     def adversarial_active(self, step: int) -> bool:
         """Whether the adversarial loss (and the discriminator's step) is on at ``step``.
@@ -90,11 +125,12 @@ class DiffusionConfig(_Strict):
     )
     sample_steps: int = Field(50, ge=1)
     sampler: Literal["ddim", "ddpm"] = "ddim"
-    decode_latents: Literal["unit_sphere", "nearest_code"] = Field(
+    decode_latents: Literal["unit_sphere", "nearest_code", "clamp"] = Field(
         "unit_sphere",
-        description="how a sampled latent reaches the decoder: l2-normalised (unit_sphere) or "
-        "snapped to its nearest code (nearest_code, which erodes the small end-systolic pool; "
-        "docs/models.md)",
+        description="how a sampled latent reaches the decoder: l2-normalised (unit_sphere, "
+        "cosine quantizer), clamped to [-1, 1] (clamp, fsq) or put on its nearest code "
+        "(nearest_code, either; with the cosine codebook it erodes the small end-systolic "
+        "pool, docs/models.md)",
     )
     stack_slices: int | None = Field(
         None, ge=1, description="slices per latent stack; null: data.slices; 1: slice-wise baseline"
@@ -331,6 +367,16 @@ class Config(_Strict):
     federation: FederationConfig = Field(default_factory=FederationConfig)
     audit: AuditConfig = Field(default_factory=AuditConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _decode_mode(self) -> Config:
+        allowed = DECODE_MODES[self.autoencoder.quantizer]
+        if self.diffusion.decode_latents not in allowed:
+            raise ValueError(
+                f"diffusion.decode_latents {self.diffusion.decode_latents!r} does not apply to "
+                f"autoencoder.quantizer {self.autoencoder.quantizer!r} (one of {allowed})"
+            )
+        return self
 
     def round_steps(self, stage: Stage | str) -> int:
         """Local steps a site takes in one federated round of ``stage``.

@@ -55,10 +55,11 @@ def demo(
     segmenter (Flower Simulation Engine) -> federated memorization audit -> signed, verified
     release -> report with the synthetic cohort's utility.
 
-    The default trains the `demo` recipe (about 10 minutes on 2 CPU cores; docs/models.md):
-    its samples show torso, lungs and a moving heart region but not yet a clean LV pool, and
-    the summary table ends with their FID ratio, EF W1 and EF spread against 24 held-out real
-    phantoms and the train-on-synthetic utility. `--quick`
+    The default trains the `demo` recipe (about 5 minutes on the 2-core CPU it was measured
+    on, docs/benchmarks.md; docs/models.md): its samples show torso, lungs and a bright LV
+    region that contracts and refills, still blurred (no crisp pool inside a myocardial ring
+    yet), and the summary table ends with their FID ratio, EF W1 and EF spread against 24
+    held-out real phantoms and the train-on-synthetic utility. `--quick`
     checks every step in about a minute with the `tiny` config; its samples are noise.
     Leaves no process behind. Exit 0 also when the audit refuses the release (the table says
     so); 2 for a bad option or a non-empty --out.

@@ -36,7 +36,7 @@ def save_stage_checkpoint(
     ``privacy``: ``{"sites": {<site>: {<stage>: {"epsilon", "delta", "accountant"}}}}`` from the
     sites' training replies (:meth:`Coordinator.site_privacy`), written to ``meta["privacy"]``.
     """
-    from fedcmr4d.train.checkpoint import WEIGHTS_FILE, codebook_latent_scale, save_checkpoint
+    from fedcmr4d.train.checkpoint import WEIGHTS_FILE, save_checkpoint, stage1_latent_scale
 
     weights = record_to_weights(arrays)
     rounds = [r for r in state.history if r["stage"] == stage]
@@ -59,7 +59,7 @@ def save_stage_checkpoint(
     if stage == "diffusion":
         ae_dir = out_dir.parent / "autoencoder"
         ae_weights = numpy_to_weights(load_file_numpy(ae_dir / WEIGHTS_FILE))
-        stage2 = {"autoencoder": ae_dir, "latent_scale": codebook_latent_scale(ae_weights)}
+        stage2 = {"autoencoder": ae_dir, "latent_scale": stage1_latent_scale(cfg, ae_weights)}
     save_checkpoint(out_dir, stage=stage, cfg=cfg, weights=weights, meta=meta, **stage2)  # type: ignore[arg-type]
 
 

@@ -1,10 +1,12 @@
 """Spatiotemporal VQ-VAE on 2D+t slices: (N, 1, H, W, T) -> (N, D, H/4, W/4, T/s) -> back.
 
 Encoder and decoder are MONAI's VQ-VAE pieces (3D convolutions over x, y and t, residual units,
-no normalisation layers, hence no running statistics); the quantizer is our own
-:class:`~fedcmr4d.models.quantizer.CosineQuantizer`, whose codebook changes only by gradient
-(van den Oord et al., "Neural Discrete Representation Learning", 2017; l2-normalised codes as in
-Yu et al., ICLR 2022). Input images are in [0, 1]; the decoder has no output activation.
+no normalisation layers, hence no running statistics). The quantizer is one of our own two:
+:class:`~fedcmr4d.models.quantizer.CosineQuantizer` (the seed's design: an l2-normalised
+codebook changed only by gradient; van den Oord et al., 2017; Yu et al., ICLR 2022) or
+:class:`~fedcmr4d.models.fsq.ScalarQuantizer` (finite scalar quantization, no codebook; Mentzer
+et al., ICLR 2024; the demo's, docs/models.md says why). Input images are in [0, 1]; the decoder
+has no output activation.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import torch
 from monai.networks.nets.vqvae import Decoder, Encoder
 from torch import Tensor, nn
 
+from fedcmr4d.config import DECODE_MODES
+from fedcmr4d.models.fsq import ScalarQuantizer
 from fedcmr4d.models.quantizer import CosineQuantizer, QuantizerOutput
 
 
@@ -55,6 +59,10 @@ class SpatioTemporalVQVAE(nn.Module):
         commitment_cost: weight of the commitment loss.
         entropy_usage: "batch" or "sample" (:class:`CosineQuantizer`'s ``usage``).
         temporal_downsample: 4 (the seed's design) or 2 (keeps more of the beat at 16 frames).
+        quantizer: "cosine" (codebook of ``num_embeddings`` unit codes) or "fsq" (``fsq_levels``
+            values per dimension; ``num_embeddings``, ``commitment_cost`` and
+            ``entropy_usage`` then play no part).
+        fsq_levels: FSQ levels per latent dimension (length ``embedding_dim``).
 
     Shapes:
         ``forward``: (N, in_channels, H, W, T) -> reconstruction of the same shape; H, W
@@ -74,6 +82,8 @@ class SpatioTemporalVQVAE(nn.Module):
         commitment_cost: float,
         temporal_downsample: int,
         entropy_usage: Literal["batch", "sample"],
+        quantizer: Literal["cosine", "fsq"] = "cosine",
+        fsq_levels: Sequence[int] = (),
     ) -> None:
         super().__init__()
         if in_channels < 1:
@@ -103,12 +113,24 @@ class SpatioTemporalVQVAE(nn.Module):
             dropout=0.0,
             act="RELU",
         )
-        self.quantizer = CosineQuantizer(
-            num_embeddings=num_embeddings,
-            embedding_dim=embedding_dim,
-            commitment_cost=commitment_cost,
-            usage=entropy_usage,
-        )
+        self.quantizer_kind = quantizer
+        self.quantizer: CosineQuantizer | ScalarQuantizer
+        if quantizer == "fsq":
+            if len(fsq_levels) != embedding_dim:
+                raise ValueError(
+                    f"fsq_levels needs one entry per latent dimension ({embedding_dim}), "
+                    f"got {list(fsq_levels)}"
+                )
+            self.quantizer = ScalarQuantizer(fsq_levels)
+        elif quantizer == "cosine":
+            self.quantizer = CosineQuantizer(
+                num_embeddings=num_embeddings,
+                embedding_dim=embedding_dim,
+                commitment_cost=commitment_cost,
+                usage=entropy_usage,
+            )
+        else:
+            raise ValueError(f"quantizer must be 'cosine' or 'fsq', got {quantizer!r}")
         self.decoder = Decoder(
             spatial_dims=3,
             in_channels=embedding_dim,
@@ -147,25 +169,35 @@ class SpatioTemporalVQVAE(nn.Module):
 
     @torch.no_grad()
     def encode_stage_2_inputs(self, x: Tensor) -> Tensor:
-        """(N, C, H, W, T) images -> (N, D, h, w, t) unit-norm codes (the diffusion space)."""
+        """(N, C, H, W, T) images -> (N, D, h, w, t) codes (the diffusion space): unit-norm
+        codes (cosine) or grid values in [-1, 1] (fsq)."""
         return self.quantizer.snap(self.encode(x))
 
     @torch.no_grad()
     def decode_stage_2_outputs(
-        self, z: Tensor, mode: Literal["unit_sphere", "nearest_code"]
+        self, z: Tensor, mode: Literal["unit_sphere", "nearest_code", "clamp"]
     ) -> Tensor:
         """(N, D, h, w, t) sampled latents (unscaled) -> (N, C, H, W, T) images.
 
-        ``nearest_code`` snaps every latent vector to its nearest code first (a strict VQ
-        decode); ``unit_sphere`` only l2-normalises it, so a vector the diffusion model places
-        between two codes decodes between them (docs/models.md: snapping erodes the small
-        end-systolic LV pool of the samples).
+        ``nearest_code`` puts every latent vector on a code first (a strict VQ decode: the
+        nearest unit code, or the nearest FSQ grid value); ``unit_sphere`` (cosine) only
+        l2-normalises it and ``clamp`` (fsq) only clamps it to [-1, 1], so a vector the
+        diffusion model places between two codes decodes between them (docs/models.md:
+        snapping to the cosine codebook erodes the small end-systolic LV pool).
         """
+        allowed = DECODE_MODES[self.quantizer_kind]
+        if mode not in allowed:
+            raise ValueError(
+                f"decode mode {mode!r} does not apply to the {self.quantizer_kind} quantizer "
+                f"(one of {allowed})"
+            )
+        if isinstance(self.quantizer, ScalarQuantizer):
+            if mode == "nearest_code":
+                return self.decode(self.quantizer.round_latents(z))
+            return self.decode(z.clamp(-1.0, 1.0))
         if mode == "nearest_code":
             return self.decode(self.quantizer.snap(z))
-        if mode == "unit_sphere":
-            return self.decode(torch.nn.functional.normalize(z, dim=1))
-        raise ValueError(f"mode must be unit_sphere or nearest_code, got {mode!r}")
+        return self.decode(torch.nn.functional.normalize(z, dim=1))
 
     def latent_shape(self, image_size: int, frames: int) -> tuple[int, int, int, int]:
         """(D, h, w, t) of the latents of an (image_size, image_size, frames) slice."""

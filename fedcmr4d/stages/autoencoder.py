@@ -38,6 +38,7 @@ from fedcmr4d.models.losses import (
     generator_adversarial_loss,
     reconstruction_loss,
 )
+from fedcmr4d.models.quantizer import CosineQuantizer
 from fedcmr4d.stages import Stage
 from fedcmr4d.stages.base import (
     Runtime,
@@ -202,9 +203,9 @@ class AutoencoderStage:
     # ----------------------------------------------------------------- evaluation
     @torch.no_grad()
     def evaluate(self, cines: list[np.ndarray]) -> dict[str, float]:
-        """PSNR (dB), L1, code perplexity, dead codes, distinct codes per slice and the cosine of
-        a latent position's code in consecutive frames (near 1: smooth latents stage 2 can
-        learn; near 0.5: scrambled, docs/models.md)."""
+        """PSNR (dB), L1, code perplexity, dead codes (cosine codebook only), distinct codes per
+        slice and the cosine of a latent position's code in consecutive frames (near 1: smooth
+        latents stage 2 can learn; near 0.5: scrambled, docs/models.md)."""
         model = self.models["autoencoder"]
         rt = self.runtime
         psnrs, l1s, indices, per_slice, frame_cos = [], [], [], [], []
@@ -217,21 +218,24 @@ class AutoencoderStage:
             l1s.append(float(torch.mean(torch.abs(recon.clamp(0, 1) - x))))
             indices.append(out.quantizer.indices.reshape(-1).cpu())
             per_slice += [len(torch.unique(i)) for i in out.quantizer.indices]
-            codes = out.quantizer.quantized.float()  # (Z, D, h, w, t), unit norm along D
-            frame_cos.append(float((codes[..., 1:] * codes[..., :-1]).sum(dim=1).mean()))
+            codes = out.quantizer.quantized.float()  # (Z, D, h, w, t)
+            cos = torch.nn.functional.cosine_similarity(codes[..., 1:], codes[..., :-1], dim=1)
+            frame_cos.append(float(cos.mean()))
         all_indices = torch.cat(indices)
         quantizer = self.autoencoder.quantizer
         used = int(torch.unique(all_indices).numel())
-        return {
+        metrics = {
             "psnr": float(np.mean(psnrs)),
             "l1": float(np.mean(l1s)),
             "perplexity": float(quantizer.perplexity(all_indices)),
             "codes_used": float(used),
-            "dead_codes": float(quantizer.num_embeddings - used),
             "codes_per_slice": float(np.mean(per_slice)),
             "latent_frame_cosine": float(np.mean(frame_cos)),
             "num-examples": float(len(cines)),
         }
+        if isinstance(quantizer, CosineQuantizer):  # FSQ's grid has no codes to die
+            metrics["dead_codes"] = float(quantizer.num_embeddings - used)
+        return metrics
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {}

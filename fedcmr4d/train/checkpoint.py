@@ -39,6 +39,7 @@ from fedcmr4d.io import (
     read_json_object,
     sha256_file,
 )
+from fedcmr4d.models.fsq import fsq_latent_scale
 from fedcmr4d.models.quantizer import latent_scale_of_codebook
 from fedcmr4d.stages import GENERATOR_STAGES, Stage
 from fedcmr4d.train.models import stack_slices_of
@@ -51,8 +52,12 @@ TRAINER_STATE_FILE = "trainer_state.pt"
 #: Meta keys that would list the subjects a model was trained or held out on (never written).
 SUBJECT_KEYS = frozenset({"train_subjects", "holdout_subjects", "subjects", "subject_ids"})
 
-#: Where a stage-2 checkpoint's ``latent_scale`` comes from (recorded beside the value).
-LATENT_SCALE_SOURCE = "codebook (1 / std of the l2-normalised codes' entries)"
+#: Where a stage-2 checkpoint's ``latent_scale`` comes from, per stage-1 quantizer (recorded
+#: beside the value).
+LATENT_SCALE_SOURCES = {
+    "cosine": "codebook (1 / std of the l2-normalised codes' entries)",
+    "fsq": "fsq_levels (1 / std of the grid values, every level used equally)",
+}
 
 #: Name of the stage-1 codebook in a stage-1 checkpoint's weights.
 CODEBOOK_KEY = "autoencoder.quantizer.codebook"
@@ -118,7 +123,7 @@ def save_checkpoint(
         autoencoder: stage 2 only (required there): the stage-1 checkpoint folder the weights
             were trained on; recorded as a path relative to ``out_dir`` plus its SHA-256.
         latent_scale: stage 2 only (required there): the scale the trainer applied to the
-            stage-1 latents (``trainer.latent_scale`` or :func:`codebook_latent_scale`).
+            stage-1 latents (``trainer.latent_scale`` or :func:`stage1_latent_scale`).
     """
     stage = Stage.parse(stage)  # ValueError naming the stages there are
     if stage not in GENERATOR_STAGES:  # the segmenter has its own format (evaluate/segmenter.py)
@@ -165,17 +170,25 @@ def stage2_meta(
     return {
         "autoencoder": {"path": Path(relative).as_posix(), "sha256": sha256_file(weights)},
         "latent_scale": float(latent_scale),
-        "latent_scale_source": LATENT_SCALE_SOURCE,
+        "latent_scale_source": LATENT_SCALE_SOURCES[cfg.autoencoder.quantizer],
         "stack_slices": stack_slices_of(cfg),
     }
 
 
-def codebook_latent_scale(weights: dict[str, Tensor]) -> float:
-    """``latent_scale`` of a stage-1 checkpoint's weights, read from its codebook tensor.
+def stage1_latent_scale(cfg: Config, weights: dict[str, Tensor]) -> float:
+    """``latent_scale`` of a stage-1 model from its config and weights, without building it.
 
-    The same value as ``CosineQuantizer.latent_scale()`` of the model those weights build, without
-    building it (the coordinator holds the weights, not a model).
+    The same value as ``model.quantizer.latent_scale()`` (the coordinator holds the weights,
+    not a model): from the codebook tensor (cosine) or from ``fsq_levels`` (fsq).
     """
+    if cfg.autoencoder.quantizer == "fsq":
+        return fsq_latent_scale(cfg.autoencoder.fsq_levels)
+    return codebook_latent_scale(weights)
+
+
+def codebook_latent_scale(weights: dict[str, Tensor]) -> float:
+    """``latent_scale`` of a cosine-quantizer stage-1 checkpoint's weights, read from its
+    codebook tensor (``CosineQuantizer.latent_scale()`` without building the model)."""
     if CODEBOOK_KEY not in weights:
         raise ValueError(f"stage-1 weights hold no {CODEBOOK_KEY!r}")
     return latent_scale_of_codebook(weights[CODEBOOK_KEY])

@@ -23,6 +23,8 @@ def build_autoencoder(cfg: Config) -> SpatioTemporalVQVAE:
         commitment_cost=ae.commitment_cost,
         temporal_downsample=ae.temporal_downsample,
         entropy_usage=ae.entropy_usage,
+        quantizer=ae.quantizer,
+        fsq_levels=ae.fsq_levels,
     )
 
 

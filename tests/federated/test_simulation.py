@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import torch
 from faults import SimulatedCrash, faulty_client_app, halting_coordinator
 
 from fedcmr4d.federated.settings import RunSettings
@@ -87,6 +88,38 @@ def test_two_sites_both_stages_then_audit(tmp_path: Path, two_sites: Path) -> No
     assert any(path.endswith("cine.nii.gz") for path in audit["files"])
     real_ids = [p.name for site in two_sites.iterdir() for p in site.iterdir() if p.is_dir()]
     assert real_ids and not any(real_id in audit_text for real_id in real_ids)
+
+
+@pytest.mark.slow
+def test_an_fsq_stage_one_federates_and_its_checkpoint_names_the_grid_scale(
+    tmp_path: Path, two_sites: Path
+) -> None:
+    from fedcmr4d.models.fsq import fsq_latent_scale
+    from fedcmr4d.pipelines.generation import load_generator, sample_latent_stacks
+
+    fsq = "autoencoder.quantizer=fsq;autoencoder.entropy_weight=0;diffusion.decode_latents=clamp"
+    settings = _settings(
+        tmp_path,
+        two_sites,
+        overrides=fsq + ";diffusion.prediction=sample",
+        stages="autoencoder,diffusion",
+        rounds_autoencoder=1,
+        rounds_diffusion=1,
+    )
+    state = run_simulated_federation(settings, progress=lambda _: None, backend_config=BACKEND)
+    assert state.completed_stages == ["autoencoder", "diffusion"]
+    out = Path(settings.out_dir)
+    autoencoder = load_checkpoint(out / "autoencoder")
+    assert autoencoder.cfg.autoencoder.quantizer == "fsq"
+    assert not any("codebook" in name for name in autoencoder.weights)
+    evaluation = json.loads((out / "autoencoder-evaluation.json").read_text())["mean"]
+    assert "dead_codes" not in evaluation and evaluation["codes_used"] >= 1
+    diffusion = load_checkpoint(out / "diffusion")
+    assert diffusion.meta["latent_scale"] == pytest.approx(fsq_latent_scale([5] * 8))
+    assert "fsq_levels" in diffusion.meta["latent_scale_source"]
+    gen = load_generator(out / "diffusion", "cpu")
+    latents = sample_latent_stacks(gen, 1, torch.Generator().manual_seed(0))
+    assert latents.shape[2] == 8 and bool(torch.isfinite(latents).all())
 
 
 @pytest.mark.slow
