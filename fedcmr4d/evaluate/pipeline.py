@@ -25,6 +25,7 @@ from fedcmr4d.evaluate.features import FeatureNetwork
 from fedcmr4d.evaluate.fid import depth_moments, fid_across_depth
 from fedcmr4d.evaluate.lv import LVFunction, ef_wasserstein, lv_function
 from fedcmr4d.evaluate.segmenter import load_segmenter, segment_cine, train_segmenter
+from fedcmr4d.evaluate.sharpness import EDGE_PERCENTILE, edge_sharpness
 from fedcmr4d.io import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class CohortAnalysis:
         features: (N, Z, T, D) per-frame features.
         lv: subject id -> LV function.
         truth_ef: subject id -> phantom truth EF in % (``meta["ef_true"]`` is a fraction).
+        sharpness: subject id -> edge sharpness
+            (:func:`~fedcmr4d.evaluate.sharpness.edge_sharpness`).
         shown: the first few subjects' (cine (X, Y, Z, T), frame_ms), for GIFs and montages.
     """
 
@@ -45,6 +48,7 @@ class CohortAnalysis:
     features: np.ndarray
     lv: dict[str, LVFunction]
     truth_ef: dict[str, float] = field(default_factory=dict)
+    sharpness: dict[str, float] = field(default_factory=dict)
     shown: dict[str, tuple[np.ndarray, float]] = field(default_factory=dict)
 
 
@@ -58,6 +62,7 @@ def analyse_cohort(
     stack: list[np.ndarray] = []
     lv: dict[str, LVFunction] = {}
     truth: dict[str, float] = {}
+    sharpness: dict[str, float] = {}
     shown: dict[str, tuple[np.ndarray, float]] = {}
     shape: tuple[int, int] | None = None
     for subject_id in ids:
@@ -75,11 +80,12 @@ def analyse_cohort(
             predicted, subject.zooms, labels=subject.labels, meta=subject.meta
         )
         stack.append(features.cine(subject.cine))
+        sharpness[subject_id] = edge_sharpness(subject.cine, subject.zooms)
         if "ef_true" in subject.meta:
             truth[subject_id] = 100.0 * float(subject.meta["ef_true"])
         if len(shown) < keep:
             shown[subject_id] = (subject.cine, subject.frame_ms)
-    return CohortAnalysis(ids, np.stack(stack), lv, truth, shown)
+    return CohortAnalysis(ids, np.stack(stack), lv, truth, sharpness, shown)
 
 
 def _finite(value: float) -> float | None:
@@ -219,6 +225,13 @@ def build_metrics(
         "ef_real_mean": _mean(list(ef_real.values())),
         "smoothness_synthetic_mean": _mean([f.smoothness for f in synthetic.lv.values()]),
         "smoothness_real_mean": _mean([f.smoothness for f in real.lv.values()]),
+        "sharpness_synthetic_mean": _mean(list(synthetic.sharpness.values())),
+        "sharpness_real_mean": _mean(list(real.sharpness.values())),
+        "sharpness_ratio": _ratio(
+            _mean(list(synthetic.sharpness.values())), _mean(list(real.sharpness.values()))
+        ),
+        "sharpness_method": f"per slice and frame, the {EDGE_PERCENTILE:g}th percentile of the "
+        "in-plane gradient magnitude (intensity per mm), averaged; ratio synthetic / real",
         "lv_synthetic": {sid: f.to_json() for sid, f in synthetic.lv.items()},
         "lv_real": {sid: f.to_json() for sid, f in real.lv.items()},
         "segmenter_vs_truth": _segmenter_accuracy(real),

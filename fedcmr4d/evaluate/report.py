@@ -199,6 +199,12 @@ def render_html(
             f"{_fmt(metrics.get('smoothness_real_mean'))} / "
             f"{_fmt(metrics.get('smoothness_synthetic_mean'))}",
         ),
+        (
+            "edge sharpness real / synthetic (per mm), ratio",
+            f"{_fmt(metrics.get('sharpness_real_mean'))} / "
+            f"{_fmt(metrics.get('sharpness_synthetic_mean'))}, "
+            f"{_fmt(metrics.get('sharpness_ratio'))}",
+        ),
         ("feature network", metrics.get("feature_network", {}).get("sha256", "")[:16]),
     ]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{_fmt(v)}</td></tr>" for k, v in summary)

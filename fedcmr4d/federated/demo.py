@@ -240,6 +240,12 @@ def evaluation_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
             f"sd synthetic {_fmt(metrics.get('ef_synthetic_std'))} / real "
             f"{_fmt(metrics.get('ef_real_std'))}",
         ),
+        (
+            "sharpness ratio",
+            _fmt(metrics.get("sharpness_ratio")),
+            f"edge steepness synthetic {_fmt(metrics.get('sharpness_synthetic_mean'))} / real "
+            f"{_fmt(metrics.get('sharpness_real_mean'))} per mm (1 = as sharp)",
+        ),
     ]
 
 

@@ -112,7 +112,10 @@ def test_evaluate_command_writes_metrics_and_report(
     assert set(metrics["ef_synthetic"]) == set(open_cohort(tmp_path / "syn").subject_ids)
     assert set(metrics["ef_real_source"].values()) == {"labels"}  # phantoms label ED and ES
     assert metrics["feature_network"]["dim"] == 2 * (8 + 8) + 32 + 64
+    assert 0.8 < metrics["sharpness_ratio"] < 1.25  # phantoms against phantoms: as sharp
+    assert metrics["sharpness_real_mean"] > 0.1
     page = (out / "report.html").read_text()
+    assert "edge sharpness real / synthetic" in page
     assert page.count("data:image/gif;base64,") == 4 and page.count("data:image/png;base64,") == 5
     assert 'src="http' not in page  # self-contained
     missing = cli(
