@@ -130,7 +130,9 @@ class DiffusionConfig(_Strict):
         description="how a sampled latent reaches the decoder: l2-normalised (unit_sphere, "
         "cosine quantizer), clamped to [-1, 1] (clamp, fsq) or put on its nearest code "
         "(nearest_code, either; with the cosine codebook it erodes the small end-systolic "
-        "pool, docs/models.md)",
+        "pool, and its rounding turns float-level differences between machines or thread "
+        "counts into different cines, which a site's re-sampling check refuses; "
+        "docs/models.md)",
     )
     stack_slices: int | None = Field(
         None, ge=1, description="slices per latent stack; null: data.slices; 1: slice-wise baseline"

@@ -105,4 +105,4 @@ def test_default_demo_is_the_demo_recipe_and_quick_the_tiny_check(tmp_path: Path
     assert default.reference_subjects is not None and default.reference_subjects >= 24
     # what the recipe's figures in docs/models.md rest on
     assert cfg.train.autoencoder.augment and cfg.autoencoder.quantizer == "fsq"
-    assert (cfg.diffusion.prediction, cfg.diffusion.decode_latents) == ("sample", "nearest_code")
+    assert (cfg.diffusion.prediction, cfg.diffusion.decode_latents) == ("sample", "clamp")
