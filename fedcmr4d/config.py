@@ -9,6 +9,7 @@ like the file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,6 +46,18 @@ DECODE_MODES: dict[str, tuple[str, ...]] = {
     "cosine": ("unit_sphere", "nearest_code"),
     "fsq": ("clamp", "nearest_code"),
 }
+
+
+def check_fsq_levels(levels: Sequence[int]) -> list[int]:
+    """FSQ levels as a list; raises ``ValueError`` unless every entry is an odd integer >= 3.
+
+    Odd counts put a level at 0, so ``round(tanh(z) * (L - 1) / 2)`` needs no half-step offset.
+    The one place of this rule: the config validator and :mod:`fedcmr4d.models.fsq` call it.
+    """
+    out = [int(v) for v in levels]
+    if not out or any(v < 3 or v % 2 == 0 for v in out):
+        raise ValueError(f"fsq_levels must be odd integers >= 3, got {list(levels)}")
+    return out
 
 
 class AutoencoderConfig(_Strict):
@@ -88,8 +101,7 @@ class AutoencoderConfig(_Strict):
                 f"fsq_levels needs one entry per latent dimension (embedding_dim "
                 f"{self.embedding_dim}), got {self.fsq_levels}"
             )
-        if any(v < 3 or v % 2 == 0 for v in self.fsq_levels):
-            raise ValueError(f"fsq_levels must be odd integers >= 3, got {self.fsq_levels}")
+        check_fsq_levels(self.fsq_levels)
         if self.entropy_weight != 0:
             raise ValueError(
                 "entropy_weight must be 0 with quantizer fsq (it has no codebook whose usage "

@@ -25,19 +25,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from fedcmr4d.models.quantizer import QuantizerOutput, _entropy
-
-
-def check_levels(levels: Sequence[int]) -> list[int]:
-    """The levels as a list; raises ``ValueError`` unless every entry is an odd integer >= 3.
-
-    Odd counts put a level at 0, so ``round(tanh(z) * (L - 1) / 2)`` needs no half-step offset.
-    """
-    out = [int(v) for v in levels]
-    bad = [v for v in out if v < 3 or v % 2 == 0]
-    if not out or bad:
-        raise ValueError(f"FSQ levels must be odd integers >= 3, got {list(levels)}")
-    return out
+from fedcmr4d.config import check_fsq_levels
+from fedcmr4d.models.quantizer import QuantizerOutput, code_perplexity
 
 
 class ScalarQuantizer(nn.Module):
@@ -53,7 +42,7 @@ class ScalarQuantizer(nn.Module):
 
     def __init__(self, levels: Sequence[int]) -> None:
         super().__init__()
-        self.levels = check_levels(levels)
+        self.levels = check_fsq_levels(levels)
         self.embedding_dim = len(self.levels)
         self.num_embeddings = math.prod(self.levels)
         self._half_values = [(v - 1) / 2 for v in self.levels]
@@ -105,12 +94,8 @@ class ScalarQuantizer(nn.Module):
 
     @torch.no_grad()
     def perplexity(self, indices: Tensor) -> Tensor:
-        """exp(entropy of the code histogram) of ``indices`` (any shape).
-
-        ``bincount`` with a fixed length, as the cosine quantizer's, so that DP-SGD's
-        ``vmap`` can fall back to a loop over it (``unique`` has a data-dependent shape)."""
-        counts = torch.bincount(indices.reshape(-1), minlength=self.num_embeddings).float()
-        return torch.exp(_entropy(counts / counts.sum().clamp_min(1), dim=0))
+        """exp(entropy of the code histogram) of ``indices`` (any shape)."""
+        return code_perplexity(indices, self.num_embeddings)
 
     @torch.no_grad()
     def snap(self, z: Tensor) -> Tensor:
@@ -137,6 +122,6 @@ class ScalarQuantizer(nn.Module):
 
 def fsq_latent_scale(levels: Sequence[int]) -> float:
     """:meth:`ScalarQuantizer.latent_scale` from the levels alone (no model needed)."""
-    checked = check_levels(levels)
+    checked = check_fsq_levels(levels)
     variance = sum((v + 1) / (3 * (v - 1)) for v in checked) / len(checked)
     return 1.0 / math.sqrt(variance)

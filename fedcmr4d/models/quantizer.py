@@ -55,6 +55,17 @@ def _entropy(probs: Tensor, dim: int) -> Tensor:
     return -(probs * torch.log(probs.clamp_min(1e-10))).sum(dim=dim)
 
 
+@torch.no_grad()
+def code_perplexity(indices: Tensor, num_codes: int) -> Tensor:
+    """exp(entropy of the histogram of ``indices`` (any shape) over ``num_codes`` codes).
+
+    ``bincount`` with a fixed length, so that DP-SGD's ``vmap`` can fall back to a loop over it
+    (``unique`` has a data-dependent shape). Both quantizers report their usage with it.
+    """
+    counts = torch.bincount(indices.reshape(-1), minlength=num_codes).float()
+    return torch.exp(_entropy(counts / counts.sum().clamp_min(1), dim=0))
+
+
 class CosineQuantizer(nn.Module):
     """Nearest-code quantizer on the unit sphere.
 
@@ -144,8 +155,7 @@ class CosineQuantizer(nn.Module):
     @torch.no_grad()
     def perplexity(self, indices: Tensor) -> Tensor:
         """exp(entropy of the code histogram) of ``indices`` (any shape); K means all used."""
-        counts = torch.bincount(indices.reshape(-1), minlength=self.num_embeddings).float()
-        return torch.exp(_entropy(counts / counts.sum().clamp_min(1), dim=0))
+        return code_perplexity(indices, self.num_embeddings)
 
     @torch.no_grad()
     def snap(self, z: Tensor) -> Tensor:

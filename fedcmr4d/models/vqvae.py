@@ -113,7 +113,6 @@ class SpatioTemporalVQVAE(nn.Module):
             dropout=0.0,
             act="RELU",
         )
-        self.quantizer_kind = quantizer
         self.quantizer: CosineQuantizer | ScalarQuantizer
         if quantizer == "fsq":
             if len(fsq_levels) != embedding_dim:
@@ -143,6 +142,11 @@ class SpatioTemporalVQVAE(nn.Module):
             act="RELU",
             output_act=None,
         )
+
+    @property
+    def quantizer_kind(self) -> Literal["cosine", "fsq"]:
+        """The config's name of the quantizer this model holds."""
+        return "fsq" if isinstance(self.quantizer, ScalarQuantizer) else "cosine"
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 5 or x.shape[1] != self.in_channels:
