@@ -366,6 +366,16 @@ class EvaluateConfig(_Strict):
         description="MONAI BasicUNet channels: 4 encoder levels, bottleneck, last decoder level",
     )
     report_subjects: int = Field(4, ge=1, description="synthetic subjects shown as cine GIFs")
+    utility_real_share: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description=(
+            "utility arm (c): the share of the segmenter's frame draws taken from the real "
+            "frames (the rest from the synthetic ones); null: both pooled, every frame equally "
+            "likely"
+        ),
+    )
 
 
 class Config(_Strict):

@@ -243,6 +243,7 @@ def utility_section(utility: Mapping[str, Mapping[str, Any]]) -> str:
         ("ef_mae", "EF MAE (points)"),
         ("train_subjects", "train subjects"),
         ("train_frames", "train frames"),
+        ("real_share", "share of real draws"),
     )
     head = "".join(f"<th>{html.escape(name)}</th>" for _, name in columns)
     body = "".join(

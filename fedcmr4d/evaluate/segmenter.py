@@ -158,18 +158,36 @@ class TrainResult:
     frame_shape: tuple[int, int] = (0, 0)
 
 
+def _draw(n: int, batch: int, gen: torch.Generator, weights: list[float] | None) -> list[int]:
+    """``batch`` frame indices in [0, n): uniform, or in proportion to ``weights``."""
+    if weights is None:
+        return torch.randint(0, n, (batch,), generator=gen).tolist()
+    w = torch.tensor(weights, dtype=torch.float64)
+    return torch.multinomial(w, batch, replacement=True, generator=gen).tolist()
+
+
 def fit_segmenter(
-    images: list[np.ndarray], labels: list[np.ndarray], cfg: Config
+    images: list[np.ndarray],
+    labels: list[np.ndarray],
+    cfg: Config,
+    *,
+    weights: list[float] | None = None,
 ) -> tuple[BasicUNet, float]:
     """Train a fresh segmenter on labelled frames; returns (model, mean of the last 20 losses).
 
     Uses ``cfg.evaluate`` (steps, batch size, lr, features), ``cfg.seed`` and
     ``cfg.train.device``: the same config and seed give the same draws of frames, so two runs on
     different data differ only by their data (``fedcmr4d utility`` relies on it).
+
+    Args:
+        weights: one non-negative weight per frame: frames are drawn (with replacement) in
+            proportion to it; None draws every frame equally often.
     """
     ev = cfg.evaluate
     if not images or len(images) != len(labels):
         raise ValueError(f"need matching non-empty frames, got {len(images)} and {len(labels)}")
+    if weights is not None and len(weights) != len(images):
+        raise ValueError(f"need one weight per frame, got {len(weights)} for {len(images)}")
     device = resolve_device(cfg.train.device)
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -179,7 +197,7 @@ def fit_segmenter(
     model.train()
     recent: list[float] = []
     for _ in range(ev.segmenter_steps):
-        pick = torch.randint(0, len(images), (ev.segmenter_batch_size,), generator=gen).tolist()
+        pick = _draw(len(images), ev.segmenter_batch_size, gen, weights)
         x = _stack([images[i] for i in pick], 0.0).unsqueeze(1)
         y = _stack([labels[i] for i in pick], LABEL_UNLABELLED)
         x, y = augment_frames(x, y, gen)

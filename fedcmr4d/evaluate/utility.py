@@ -2,7 +2,8 @@
 
 :func:`run_utility` trains the evaluation segmenter (:mod:`fedcmr4d.evaluate.segmenter`) three
 times with the same config, steps and seed — on (a) the real training cohort's labelled frames,
-(b) the synthetic cohort's labels, (c) both pooled — and scores each on held-out real subjects:
+(b) the synthetic cohort's labels, (c) both (pooled, or with a set share of real draws,
+``evaluate.utility_real_share``) — and scores each on held-out real subjects:
 Dice per structure (LV cavity, LV myocardium, RV) over the test subjects' labelled frames, and
 the absolute error of the EF the segmenter implies (largest / smallest LV cavity volume over the
 cycle) against the test subject's reference EF (``meta["ef_true"]`` for phantoms, else the
@@ -94,6 +95,19 @@ def score(model: Any, test: Cohort) -> dict[str, Any]:
     }
 
 
+def mixed_weights(n_real: int, n_synthetic: int, ev: Any) -> list[float] | None:
+    """Per-frame draw weights of arm (c) (real frames first), or None to pool them evenly.
+
+    With ``evaluate.utility_real_share`` = r, a draw is a real frame with probability r and a
+    synthetic one with 1 - r, whatever the two counts are: arm (c) then sees the real frames
+    about as often as arm (a) does when r is near 1, and the synthetic frames add variety.
+    """
+    share = ev.utility_real_share
+    if share is None:
+        return None
+    return [share / n_real] * n_real + [(1.0 - share) / n_synthetic] * n_synthetic
+
+
 def run_utility(
     real_train_dir: str | Path,
     synthetic_dir: str | Path,
@@ -132,17 +146,25 @@ def run_utility(
             real_frames[2] + synthetic_frames[2],
         ),
     }
+    ev = cfg.evaluate
+    draws = {"real+synthetic": mixed_weights(len(real_frames[0]), len(synthetic_frames[0]), ev)}
     utility: dict[str, Any] = {}
     for arm in ARMS:
         images, labels, subjects = data[arm]
-        model, final_loss = fit_segmenter(images, labels, cfg)
+        model, final_loss = fit_segmenter(images, labels, cfg, weights=draws.get(arm))
         utility[arm] = {
             **score(model, real_test),
             "train_frames": len(images),
             "train_subjects": subjects,
             "final_loss": final_loss,
         }
-    ev = cfg.evaluate
+    n_real = len(real_frames[0])
+    utility["real"]["real_share"], utility["synthetic"]["real_share"] = 1.0, 0.0
+    utility["real+synthetic"]["real_share"] = (
+        ev.utility_real_share
+        if ev.utility_real_share is not None
+        else n_real / (n_real + len(synthetic_frames[0]))
+    )
     metrics: dict[str, Any] = {
         "utility": utility,
         "n_real_train": len(real_train),
@@ -154,6 +176,7 @@ def run_utility(
             "lr": ev.segmenter_lr,
             "features": list(ev.segmenter_features),
             "seed": cfg.seed,
+            "utility_real_share": ev.utility_real_share,
         },
         "ef_reference": "meta ef_true where present, else EF of the ED/ES labels",
         "ef_predicted": "largest / smallest LV cavity volume of the segmenter's labels",

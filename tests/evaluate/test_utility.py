@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fedcmr4d.config import load_config
 from fedcmr4d.data.cohort import (
@@ -18,8 +19,9 @@ from fedcmr4d.data.cohort import (
     write_subject,
 )
 from fedcmr4d.data.phantom import write_phantom_cohort
-from fedcmr4d.errors import InputError
-from fedcmr4d.evaluate.utility import ARMS, dice_per_structure, run_utility
+from fedcmr4d.errors import ConfigError, InputError
+from fedcmr4d.evaluate.segmenter import _draw
+from fedcmr4d.evaluate.utility import ARMS, dice_per_structure, mixed_weights, run_utility
 
 SET = [
     "evaluate.segmenter_steps=25",
@@ -62,8 +64,9 @@ def test_utility_arms_metrics_and_report(tmp_path: Path) -> None:
     assert pooled["train_frames"] == (
         written["utility"]["real"]["train_frames"] + written["utility"]["synthetic"]["train_frames"]
     )
+    assert pooled["real_share"] == pytest.approx(0.5)  # equal frame counts, pooled evenly
     html = Path(metrics["report"]).read_text()
-    assert "real+synthetic" in html and "Dice LV" in html
+    assert "real+synthetic" in html and "Dice LV" in html and "share of real draws" in html
 
 
 def test_synthetic_without_labels_names_the_first_subject(tmp_path: Path, run_cli) -> None:
@@ -88,3 +91,30 @@ def test_synthetic_without_labels_names_the_first_subject(tmp_path: Path, run_cl
         tmp_path / "o2",
     )
     assert code == 3 and "b0" in out
+
+
+def test_real_share_sets_how_often_arm_c_draws_real_frames() -> None:
+    cfg = load_config("tiny", [*SET, "evaluate.utility_real_share=0.9"])
+    weights = mixed_weights(10, 30, cfg.evaluate)
+    assert weights is not None and len(weights) == 40
+    assert sum(weights[:10]) == pytest.approx(0.9) and sum(weights[10:]) == pytest.approx(0.1)
+    assert mixed_weights(10, 30, load_config("tiny", SET).evaluate) is None
+    gen = torch.Generator().manual_seed(0)
+    draws = torch.tensor(_draw(40, 4000, gen, weights))
+    assert 0.87 < float((draws < 10).float().mean()) < 0.93
+    with pytest.raises(ConfigError, match="utility_real_share"):
+        load_config("tiny", ["evaluate.utility_real_share=1.5"])
+
+
+def test_zero_weight_frames_are_never_drawn() -> None:
+    gen = torch.Generator().manual_seed(1)
+    draws = set(_draw(4, 500, gen, [1.0, 0.0, 2.0, 0.0]))
+    assert draws == {0, 2}
+
+
+def test_utility_records_the_real_share(tmp_path: Path) -> None:
+    train, synthetic, test = _cohorts(tmp_path)
+    cfg = load_config("tiny", [*SET, "evaluate.utility_real_share=0.75"])
+    metrics = run_utility(train, synthetic, test, tmp_path / "out", cfg=cfg)
+    assert metrics["utility"]["real+synthetic"]["real_share"] == 0.75
+    assert metrics["segmenter"]["utility_real_share"] == 0.75
