@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcmr4d.config import Config
+from fedcmr4d.config import Config, EvaluateConfig
 from fedcmr4d.data.cohort import (
     LABEL_LV,
     LABEL_MYO,
@@ -95,7 +95,7 @@ def score(model: Any, test: Cohort) -> dict[str, Any]:
     }
 
 
-def mixed_weights(n_real: int, n_synthetic: int, ev: Any) -> list[float] | None:
+def mixed_weights(n_real: int, n_synthetic: int, ev: EvaluateConfig) -> list[float] | None:
     """Per-frame draw weights of arm (c) (real frames first), or None to pool them evenly.
 
     With ``evaluate.utility_real_share`` = r, a draw is a real frame with probability r and a
@@ -147,7 +147,14 @@ def run_utility(
         ),
     }
     ev = cfg.evaluate
-    draws = {"real+synthetic": mixed_weights(len(real_frames[0]), len(synthetic_frames[0]), ev)}
+    n_real, n_synthetic = len(real_frames[0]), len(synthetic_frames[0])
+    draws = {"real+synthetic": mixed_weights(n_real, n_synthetic, ev)}
+    mixed_share = (
+        ev.utility_real_share
+        if ev.utility_real_share is not None
+        else n_real / (n_real + n_synthetic)
+    )
+    real_share = {"real": 1.0, "synthetic": 0.0, "real+synthetic": mixed_share}
     utility: dict[str, Any] = {}
     for arm in ARMS:
         images, labels, subjects = data[arm]
@@ -157,14 +164,8 @@ def run_utility(
             "train_frames": len(images),
             "train_subjects": subjects,
             "final_loss": final_loss,
+            "real_share": real_share[arm],
         }
-    n_real = len(real_frames[0])
-    utility["real"]["real_share"], utility["synthetic"]["real_share"] = 1.0, 0.0
-    utility["real+synthetic"]["real_share"] = (
-        ev.utility_real_share
-        if ev.utility_real_share is not None
-        else n_real / (n_real + len(synthetic_frames[0]))
-    )
     metrics: dict[str, Any] = {
         "utility": utility,
         "n_real_train": len(real_train),
