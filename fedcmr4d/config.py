@@ -366,6 +366,14 @@ class EvaluateConfig(_Strict):
         description="MONAI BasicUNet channels: 4 encoder levels, bottleneck, last decoder level",
     )
     report_subjects: int = Field(4, ge=1, description="synthetic subjects shown as cine GIFs")
+    utility_seeds: int = Field(
+        1,
+        ge=1,
+        description=(
+            "segmenter seeds per utility arm (seed, seed + 1, ...): each arm's figures are the "
+            "mean over them, with the spread and each arm's gap to arm (a) paired by seed"
+        ),
+    )
     utility_real_share: float | None = Field(
         None,
         gt=0,

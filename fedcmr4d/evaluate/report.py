@@ -240,6 +240,8 @@ def utility_section(utility: Mapping[str, Mapping[str, Any]]) -> str:
         ("dice_myo", "Dice myo"),
         ("dice_rv", "Dice RV"),
         ("dice_mean", "Dice mean"),
+        ("dice_mean_sd", "sd over seeds"),
+        ("dice_mean_vs_real", "Dice mean - (a), paired by seed"),
         ("ef_mae", "EF MAE (points)"),
         ("train_subjects", "train subjects"),
         ("train_frames", "train frames"),
@@ -252,12 +254,19 @@ def utility_section(utility: Mapping[str, Mapping[str, Any]]) -> str:
         + "</tr>"
         for arm, row in utility.items()
     )
+    seeds = len(next(iter(utility.values())).get("per_seed") or [None])
+    above = "; ".join(
+        f"{html.escape(arm)} matched or beat (a) in {row['seeds_at_or_above_real']} of {seeds}"
+        for arm, row in utility.items()
+        if "seeds_at_or_above_real" in row
+    )
     return (
         "<h2>Utility: train on real / synthetic / both, test on held-out real</h2>"
         f"<table><tr><th>trained on</th>{head}</tr>{body}</table>"
-        '<p class="note">Same segmenter, steps and seed for every arm; Dice over the test '
-        "subjects' labelled frames, EF from the predicted LV volume curve vs the reference EF."
-        "</p>"
+        f'<p class="note">Same segmenter, steps and seeds for every arm ({seeds} seed'
+        f"{'s' if seeds != 1 else ''}: the figures are means over them; {above}); Dice over "
+        "the test subjects' labelled frames, EF from the predicted LV volume curve vs the "
+        "reference EF.</p>"
     )
 
 

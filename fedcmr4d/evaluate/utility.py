@@ -3,7 +3,9 @@
 :func:`run_utility` trains the evaluation segmenter (:mod:`fedcmr4d.evaluate.segmenter`) three
 times with the same config, steps and seed — on (a) the real training cohort's labelled frames,
 (b) the synthetic cohort's labels, (c) both (pooled, or with a set share of real draws,
-``evaluate.utility_real_share``) — and scores each on held-out real subjects:
+``evaluate.utility_real_share``) — and scores each on held-out real subjects (with
+``evaluate.utility_seeds`` > 1, once per seed: the figures are means, with their spread and each
+arm's gap to arm (a) paired by seed, since a single seed's ranking of the arms can flip):
 Dice per structure (LV cavity, LV myocardium, RV) over the test subjects' labelled frames, and
 the absolute error of the EF the segmenter implies (largest / smallest LV cavity volume over the
 cycle) against the test subject's reference EF (``meta["ef_true"]`` for phantoms, else the
@@ -108,6 +110,49 @@ def mixed_weights(n_real: int, n_synthetic: int, ev: EvaluateConfig) -> list[flo
     return [share / n_real] * n_real + [(1.0 - share) / n_synthetic] * n_synthetic
 
 
+SCORES = ("dice_lv", "dice_myo", "dice_rv", "dice_mean", "ef_mae")
+
+
+def mean_over_seeds(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One arm's row from its per-seed scores (:func:`score` plus ``seed`` and ``final_loss``).
+
+    Each figure is the mean over the seeds (None where no seed had it); ``dice_mean_sd`` is the
+    sample standard deviation of the mean Dice (None for one seed); ``per_seed`` keeps the runs.
+    """
+    row: dict[str, Any] = {}
+    for key in SCORES:
+        values = [r[key] for r in runs if r[key] is not None]
+        row[key] = float(np.mean(values)) if values else None
+    dice = [r["dice_mean"] for r in runs if r["dice_mean"] is not None]
+    row["dice_mean_sd"] = float(np.std(dice, ddof=1)) if len(dice) > 1 else None
+    row["n_ef"] = runs[0]["n_ef"]
+    row["final_loss"] = float(np.mean([r["final_loss"] for r in runs]))
+    row["per_seed"] = runs
+    return row
+
+
+def add_paired_gaps(utility: dict[str, Any]) -> None:
+    """Add each arm's mean-Dice gap to arm (a), seed by seed, in place.
+
+    The arms of one seed share the segmenter's initialisation and draw order, so the gap is
+    paired: ``dice_mean_vs_real`` (its mean), per seed in ``per_seed``, and
+    ``seeds_at_or_above_real`` (how many seeds the arm matched or beat arm (a) in).
+    """
+    real = {r["seed"]: r["dice_mean"] for r in utility["real"]["per_seed"]}
+    for arm, row in utility.items():
+        if arm == "real":
+            continue
+        gaps = []
+        for run in row["per_seed"]:
+            ref = real.get(run["seed"])
+            gap = None if ref is None or run["dice_mean"] is None else run["dice_mean"] - ref
+            run["dice_mean_vs_real"] = gap
+            if gap is not None:
+                gaps.append(gap)
+        row["dice_mean_vs_real"] = float(np.mean(gaps)) if gaps else None
+        row["seeds_at_or_above_real"] = sum(g >= 0 for g in gaps)
+
+
 def run_utility(
     real_train_dir: str | Path,
     synthetic_dir: str | Path,
@@ -155,17 +200,22 @@ def run_utility(
         else n_real / (n_real + n_synthetic)
     )
     real_share = {"real": 1.0, "synthetic": 0.0, "real+synthetic": mixed_share}
+    seeds = [cfg.seed + k for k in range(ev.utility_seeds)]
     utility: dict[str, Any] = {}
     for arm in ARMS:
         images, labels, subjects = data[arm]
-        model, final_loss = fit_segmenter(images, labels, cfg, weights=draws.get(arm))
+        runs = []
+        for seed in seeds:
+            seeded = cfg.model_copy(update={"seed": seed})
+            model, final_loss = fit_segmenter(images, labels, seeded, weights=draws.get(arm))
+            runs.append({"seed": seed, **score(model, real_test), "final_loss": final_loss})
         utility[arm] = {
-            **score(model, real_test),
+            **mean_over_seeds(runs),
             "train_frames": len(images),
             "train_subjects": subjects,
-            "final_loss": final_loss,
             "real_share": real_share[arm],
         }
+    add_paired_gaps(utility)
     metrics: dict[str, Any] = {
         "utility": utility,
         "n_real_train": len(real_train),
@@ -177,6 +227,7 @@ def run_utility(
             "lr": ev.segmenter_lr,
             "features": list(ev.segmenter_features),
             "seed": cfg.seed,
+            "seeds": seeds,
             "utility_real_share": ev.utility_real_share,
         },
         "ef_reference": "meta ef_true where present, else EF of the ED/ES labels",

@@ -270,17 +270,26 @@ def _utility(out: Path, fed: Path, cfg: Config, say: Say) -> dict[str, Any] | No
 
 
 def utility_rows(utility: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """One summary row per utility arm: mean Dice, the structures' Dice and the EF error."""
-    return [
-        (
-            f"utility: {arm}",
-            f"Dice {_fmt(row.get('dice_mean'))}",
+    """One summary row per utility arm: mean Dice (with its sd and its gap to arm (a) when
+    several seeds ran), the structures' Dice and the EF error."""
+    rows = []
+    for arm, row in utility.items():
+        seeds = len(row.get("per_seed") or [None])
+        dice = f"Dice {_fmt(row.get('dice_mean'))}"
+        if row.get("dice_mean_sd") is not None:
+            dice += f" +- {_fmt(row['dice_mean_sd'])} ({seeds} seeds)"
+        detail = (
             f"LV / myo / RV {_fmt(row.get('dice_lv'))} / {_fmt(row.get('dice_myo'))} / "
             f"{_fmt(row.get('dice_rv'))}; EF MAE {_fmt(row.get('ef_mae'))} points "
-            f"({row.get('train_subjects')} training subjects)",
+            f"({row.get('train_subjects')} training subjects)"
         )
-        for arm, row in utility.items()
-    ]
+        if row.get("dice_mean_vs_real") is not None:
+            detail += (
+                f"; vs real {row['dice_mean_vs_real']:+.3f}, at or above it in "
+                f"{row['seeds_at_or_above_real']} of {seeds} seeds"
+            )
+        rows.append((f"utility: {arm}", dice, detail))
+    return rows
 
 
 def _fmt(value: Any) -> str:

@@ -65,6 +65,8 @@ def test_utility_arms_metrics_and_report(tmp_path: Path) -> None:
         written["utility"]["real"]["train_frames"] + written["utility"]["synthetic"]["train_frames"]
     )
     assert pooled["real_share"] == pytest.approx(0.5)  # equal frame counts, pooled evenly
+    assert pooled["dice_mean_sd"] is None and len(pooled["per_seed"]) == 1  # one seed
+    assert written["utility"]["real"]["per_seed"][0]["seed"] == written["segmenter"]["seed"]
     html = Path(metrics["report"]).read_text()
     assert "real+synthetic" in html and "Dice LV" in html and "share of real draws" in html
 
@@ -118,3 +120,68 @@ def test_utility_records_the_real_share(tmp_path: Path) -> None:
     metrics = run_utility(train, synthetic, test, tmp_path / "out", cfg=cfg)
     assert metrics["utility"]["real+synthetic"]["real_share"] == 0.75
     assert metrics["segmenter"]["utility_real_share"] == 0.75
+
+
+def test_seeds_average_each_arm_and_pair_its_gap_to_real(tmp_path: Path, run_cli) -> None:
+    train, synthetic, test = _cohorts(tmp_path)
+    sets = [item for pair in (("--set", s) for s in SET) for item in pair]
+    args = ["--real-train", train, "--synthetic", synthetic, "--real-test", test]
+    code, out = run_cli("utility", *args, "--out", tmp_path / "out", *sets, "--seeds", "2")
+    assert code == 0, out
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    seed = load_config("tiny", SET).seed
+    assert written["segmenter"]["seeds"] == [seed, seed + 1]
+    real = written["utility"]["real"]["per_seed"]
+    assert [r["seed"] for r in real] == [seed, seed + 1]
+    assert real[0]["dice_mean"] != real[1]["dice_mean"]  # the seed reaches the segmenter
+    for arm in ARMS:
+        row = written["utility"][arm]
+        dice = [r["dice_mean"] for r in row["per_seed"]]
+        assert row["dice_mean"] == pytest.approx(np.mean(dice))
+        assert row["dice_mean_sd"] == pytest.approx(np.std(dice, ddof=1))
+        assert row["ef_mae"] == pytest.approx(np.mean([r["ef_mae"] for r in row["per_seed"]]))
+    for arm in ("synthetic", "real+synthetic"):
+        row = written["utility"][arm]
+        gaps = [r["dice_mean"] - a["dice_mean"] for r, a in zip(row["per_seed"], real, strict=True)]
+        assert [r["dice_mean_vs_real"] for r in row["per_seed"]] == pytest.approx(gaps)
+        assert row["dice_mean_vs_real"] == pytest.approx(np.mean(gaps))
+        assert row["seeds_at_or_above_real"] == sum(g >= 0 for g in gaps)
+    assert "of 2" in (tmp_path / "out" / "report.html").read_text()
+    code, out = run_cli("utility", *args, "--out", tmp_path / "o0", *sets, "--seeds", "0")
+    assert code == 2 and "--seeds" in out
+    with pytest.raises(ConfigError, match="utility_seeds"):
+        load_config("tiny", ["evaluate.utility_seeds=0"])
+
+
+def _run(seed: int, dice: float) -> dict:
+    return {
+        "seed": seed,
+        "dice_lv": dice,
+        "dice_myo": dice,
+        "dice_rv": dice,
+        "dice_mean": dice,
+        "ef_mae": 2.0 + seed,
+        "n_ef": 4,
+        "final_loss": 0.1,
+    }
+
+
+def test_paired_gaps_count_the_seeds_an_arm_matches_real() -> None:
+    from fedcmr4d.evaluate.utility import add_paired_gaps, mean_over_seeds
+    from fedcmr4d.federated.demo import utility_rows
+
+    utility = {
+        "real": mean_over_seeds([_run(0, 0.90), _run(1, 0.80)]),
+        "real+synthetic": mean_over_seeds([_run(0, 0.93), _run(1, 0.79)]),
+    }
+    add_paired_gaps(utility)
+    both = utility["real+synthetic"]
+    assert both["dice_mean"] == pytest.approx(0.86) and both["ef_mae"] == pytest.approx(2.5)
+    assert both["dice_mean_sd"] == pytest.approx(np.std([0.93, 0.79], ddof=1))
+    assert [r["dice_mean_vs_real"] for r in both["per_seed"]] == pytest.approx([0.03, -0.01])
+    assert both["dice_mean_vs_real"] == pytest.approx(0.01)
+    assert both["seeds_at_or_above_real"] == 1
+    assert "seeds_at_or_above_real" not in utility["real"]
+    rows = dict((r[0], r[1:]) for r in utility_rows(utility))
+    assert rows["utility: real+synthetic"][0].startswith("Dice 0.86 +- ")
+    assert "vs real +0.010, at or above it in 1 of 2 seeds" in rows["utility: real+synthetic"][1]
