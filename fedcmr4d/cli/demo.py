@@ -55,7 +55,7 @@ def demo(
     segmenter (Flower Simulation Engine) -> federated memorization audit -> signed, verified
     release -> report with the synthetic cohort's utility.
 
-    The default trains the `demo` recipe (about 5 minutes on the 2-core CPU it was measured
+    The default trains the `demo` recipe (5 to 10 minutes on the 2-core CPUs it was measured
     on, docs/benchmarks.md; docs/models.md): its samples show torso, lungs and a bright LV
     region that contracts and refills, still blurred (no crisp pool inside a myocardial ring
     yet), and the summary table ends with their FID ratio, EF W1 and EF spread against 24
