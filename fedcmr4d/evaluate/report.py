@@ -255,8 +255,8 @@ def utility_section(utility: Mapping[str, Mapping[str, Any]]) -> str:
         for arm, row in utility.items()
     )
     seeds = len(next(iter(utility.values())).get("per_seed") or [None])
-    above = "; ".join(
-        f"{html.escape(arm)} matched or beat (a) in {row['seeds_at_or_above_real']} of {seeds}"
+    above = "".join(
+        f"; {html.escape(arm)} matched or beat (a) in {row['seeds_at_or_above_real']} of {seeds}"
         for arm, row in utility.items()
         if "seeds_at_or_above_real" in row
     )
@@ -264,7 +264,7 @@ def utility_section(utility: Mapping[str, Mapping[str, Any]]) -> str:
         "<h2>Utility: train on real / synthetic / both, test on held-out real</h2>"
         f"<table><tr><th>trained on</th>{head}</tr>{body}</table>"
         f'<p class="note">Same segmenter, steps and seeds for every arm ({seeds} seed'
-        f"{'s' if seeds != 1 else ''}: the figures are means over them; {above}); Dice over "
+        f"{'s' if seeds != 1 else ''}: the figures are means over them{above}); Dice over "
         "the test subjects' labelled frames, EF from the predicted LV volume curve vs the "
         "reference EF.</p>"
     )
