@@ -50,8 +50,8 @@ def utility_command(
 ) -> None:
     """Train on real, synthetic and real + synthetic; test each on held-out real subjects.
 
-    The segmenter (config `evaluate.*`: same steps and seed for every arm) is trained three
-    times and scored on REAL_TEST: Dice per structure (LV, myocardium, RV) and EF absolute
+    The segmenter (config `evaluate.*`: same steps and seeds for every arm) is trained three
+    times per seed and scored on REAL_TEST: Dice per structure (LV, myocardium, RV) and EF absolute
     error. One seed's ranking of the arms can flip (a 1-3 Dice-point spread was measured on
     the demo's phantoms): compare arms with `--seeds 3` or more. In a federation a site runs
     this on its own data; only the scores leave.

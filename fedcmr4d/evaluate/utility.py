@@ -1,7 +1,7 @@
 """Train on synthetic, test on real: the utility of a labelled synthetic cohort.
 
 :func:`run_utility` trains the evaluation segmenter (:mod:`fedcmr4d.evaluate.segmenter`) three
-times with the same config, steps and seed — on (a) the real training cohort's labelled frames,
+times per seed with the same config and steps — on (a) the real training cohort's labelled frames,
 (b) the synthetic cohort's labels, (c) both (pooled, or with a set share of real draws,
 ``evaluate.utility_real_share``) — and scores each on held-out real subjects (with
 ``evaluate.utility_seeds`` > 1, once per seed: the figures are means, with their spread and each
