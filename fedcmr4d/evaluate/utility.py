@@ -29,6 +29,7 @@ from fedcmr4d.data.cohort import (
     LABEL_MYO,
     LABEL_RV,
     LABEL_UNLABELLED,
+    LABELS_FILE,
     Cohort,
     open_cohort,
 )
@@ -41,7 +42,7 @@ from fedcmr4d.evaluate.segmenter import (
     segment_cine,
 )
 from fedcmr4d.io import atomic_write_json
-from fedcmr4d.pipelines.labelling import require_labels
+from fedcmr4d.pipelines.labelling import require_labels, unlabelled_subject
 
 ARMS = ("real", "synthetic", "real+synthetic")
 STRUCTURES = {"lv": LABEL_LV, "myo": LABEL_MYO, "rv": LABEL_RV}
@@ -153,6 +154,20 @@ def add_paired_gaps(utility: dict[str, Any]) -> None:
         row["seeds_at_or_above_real"] = sum(g >= 0 for g in gaps)
 
 
+def require_test_labels(test: Cohort) -> None:
+    """Refuse a test cohort with a subject lacking ``labels.nii.gz`` before any arm trains.
+
+    Every test subject is scored against its labels, so one without them would otherwise stop
+    the run only after arm (a)'s first segmenter had trained.
+    """
+    missing = unlabelled_subject(test)
+    if missing is not None:
+        raise InputError(
+            f"{test.root / missing / LABELS_FILE}: missing; every real test subject needs its "
+            "reference labels (at ED/ES at least) to be scored"
+        )
+
+
 def run_utility(
     real_train_dir: str | Path,
     synthetic_dir: str | Path,
@@ -169,8 +184,9 @@ def run_utility(
         ``metrics`` paths added.
 
     Raises:
-        InputError: a cohort is unreadable, the synthetic cohort lacks labels (naming the first
-            subject without ``labels.nii.gz``) or a real cohort has no labelled frames.
+        InputError: a cohort is unreadable, the synthetic or the real test cohort lacks labels
+            (naming the first subject without ``labels.nii.gz``; checked before any training)
+            or a real cohort has no labelled frames.
     """
     cfg = cfg or Config()
     out = Path(out_dir)
@@ -180,6 +196,7 @@ def run_utility(
         open_cohort(real_test_dir),
     )
     require_labels(synthetic)
+    require_test_labels(real_test)
     real_frames = labelled_frames(real_train)
     synthetic_frames = labelled_frames(synthetic)
     data = {

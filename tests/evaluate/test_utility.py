@@ -95,6 +95,22 @@ def test_synthetic_without_labels_names_the_first_subject(tmp_path: Path, run_cl
     assert code == 3 and "b0" in out
 
 
+def test_test_subject_without_labels_is_refused_before_any_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train, synthetic, test = _cohorts(tmp_path)
+    (test / "test001" / "labels.nii.gz").unlink()
+
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an arm trained before the test cohort was checked")
+
+    monkeypatch.setattr("fedcmr4d.evaluate.utility.fit_segmenter", no_training)
+    with pytest.raises(InputError, match="real test subject needs its reference labels") as err:
+        run_utility(train, synthetic, test, tmp_path / "o", cfg=load_config("tiny", SET))
+    assert str(test / "test001" / "labels.nii.gz") in str(err.value)
+    assert not (tmp_path / "o").exists()
+
+
 def test_real_share_sets_how_often_arm_c_draws_real_frames() -> None:
     cfg = load_config("tiny", [*SET, "evaluate.utility_real_share=0.9"])
     weights = mixed_weights(10, 30, cfg.evaluate)
