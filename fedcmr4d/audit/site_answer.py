@@ -165,32 +165,16 @@ def build_generator(
     use_ema: bool,
 ) -> Any:
     """A :class:`fedcmr4d.pipelines.generation.Generator4D` from weights the site checked."""
-    from fedcmr4d.pipelines.generation import Generator4D
-    from fedcmr4d.train.models import build_denoiser, stack_slices_of, sub_weights
-    from fedcmr4d.train.trainer import load_frozen_autoencoder
+    from fedcmr4d.pipelines.generation import assemble_generator
 
-    unet = build_denoiser(cfg)
-    state = (sub_weights(diffusion, "ema.unet") if use_ema else {}) or sub_weights(
-        diffusion, "unet"
-    )
     try:
-        unet.load_state_dict(state, strict=True)
+        return assemble_generator(
+            cfg, diffusion, autoencoder, use_ema=use_ema, device=torch.device("cpu")
+        )
     except RuntimeError as exc:
         raise AuditRefused(
             f"audit query: stage-2 weights do not match the config ({exc})"
         ) from None
-    unet.eval()
-    model = load_frozen_autoencoder(cfg, autoencoder)
-    return Generator4D(
-        cfg=cfg,
-        unet=unet,
-        autoencoder=model,
-        latent_scale=float(model.quantizer.latent_scale()),
-        stack_slices=stack_slices_of(cfg),
-        checkpoint=None,  # type: ignore[arg-type]
-        device=torch.device("cpu"),
-        used_ema=use_ema,
-    )
 
 
 def answer_query(

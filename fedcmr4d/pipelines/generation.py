@@ -75,6 +75,45 @@ class Generator4D:
         return (self.stack_slices * d, h, w, t)
 
 
+def assemble_generator(
+    cfg: Config,
+    diffusion_weights: dict[str, Tensor],
+    autoencoder_weights: dict[str, Tensor],
+    *,
+    use_ema: bool,
+    device: torch.device,
+    latent_scale: float | None = None,
+    checkpoint: Checkpoint | None = None,
+) -> Generator4D:
+    """A generator from stage-2 and stage-1 weights already read (and checked) by the caller.
+
+    The one place that builds the denoiser from weights: ``ema.unet.*`` when ``use_ema`` and the
+    weights have them, else ``unet.*``. ``latent_scale`` None takes the stage-1 quantizer's own
+    (a site answering an audit query has no stage-2 ``meta.json``).
+
+    Raises:
+        RuntimeError: torch's message when the stage-2 weights do not fit ``cfg`` (each caller
+            names its own source in the error it raises).
+    """
+    unet = build_denoiser(cfg)
+    ema = sub_weights(diffusion_weights, "ema.unet") if use_ema else {}
+    unet.load_state_dict(ema or sub_weights(diffusion_weights, "unet"), strict=True)
+    unet.to(device).eval()
+    autoencoder = load_frozen_autoencoder(cfg, autoencoder_weights).to(device)
+    if latent_scale is None:
+        latent_scale = float(autoencoder.quantizer.latent_scale())
+    return Generator4D(
+        cfg=cfg,
+        unet=unet,
+        autoencoder=autoencoder,
+        latent_scale=latent_scale,
+        stack_slices=stack_slices_of(cfg),
+        checkpoint=checkpoint,  # type: ignore[arg-type]
+        device=device,
+        used_ema=bool(ema),
+    )
+
+
 def load_generator(
     checkpoint_dir: str | Path, device: str = "auto", *, use_ema: bool = True
 ) -> Generator4D:
@@ -90,27 +129,20 @@ def load_generator(
     ae_ckpt = load_autoencoder_of(ckpt)  # relative to the stage-2 folder, SHA-256 checked
     cfg = ckpt.cfg
     dev = resolve_device(cfg.train.device if device == "auto" else device)
-    unet = build_denoiser(cfg)
-    ema = sub_weights(ckpt.weights, "ema.unet") if use_ema else {}
-    state = ema or sub_weights(ckpt.weights, "unet")
     try:
-        unet.load_state_dict(state, strict=True)
+        return assemble_generator(
+            cfg,
+            ckpt.weights,
+            ae_ckpt.weights,
+            use_ema=use_ema,
+            device=dev,
+            latent_scale=float(ckpt.meta["latent_scale"]),
+            checkpoint=ckpt,
+        )
     except RuntimeError as exc:
         raise InputError(
             f"{ckpt.root / WEIGHTS_FILE}: weights do not match config ({exc})"
         ) from None
-    unet.to(dev).eval()
-    autoencoder = load_frozen_autoencoder(cfg, ae_ckpt.weights).to(dev)
-    return Generator4D(
-        cfg=cfg,
-        unet=unet,
-        autoencoder=autoencoder,
-        latent_scale=float(ckpt.meta["latent_scale"]),
-        stack_slices=stack_slices_of(cfg),
-        checkpoint=ckpt,
-        device=dev,
-        used_ema=bool(ema),
-    )
 
 
 @torch.no_grad()

@@ -13,8 +13,13 @@ from fedcmr4d.config import Config, load_config
 from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.errors import InputError
 from fedcmr4d.io import sha256_file
-from fedcmr4d.pipelines.generation import sample_cohort, sample_slicewise
-from fedcmr4d.train.checkpoint import save_checkpoint
+from fedcmr4d.pipelines.generation import (
+    assemble_generator,
+    load_generator,
+    sample_cohort,
+    sample_slicewise,
+)
+from fedcmr4d.train.checkpoint import load_checkpoint, save_checkpoint
 from fedcmr4d.train.trainer import StageTrainer
 
 Run = Callable[..., tuple[int, str]]
@@ -89,6 +94,49 @@ def test_replaced_autoencoder_is_refused(tmp_path: Path, checkpoints: dict[str, 
         sample_cohort(copy / "ldm", 1, tmp_path / "z")
     with pytest.raises(InputError, match="diffusion"):
         sample_cohort(checkpoints["one_pass"].parent / "ae", 1, tmp_path / "w")
+
+
+def test_stage2_weights_that_do_not_fit_the_config_name_the_file(
+    tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    one_pass = load_checkpoint(checkpoints["one_pass"])
+    slicewise = load_checkpoint(checkpoints["slicewise"])  # a 1-slice denoiser: other channels
+    bad = save_checkpoint(
+        tmp_path / "bad",
+        stage="diffusion",
+        cfg=one_pass.cfg,
+        weights=slicewise.weights,
+        autoencoder=checkpoints["one_pass"].parent / "ae",
+        latent_scale=1.0,
+    )
+    with pytest.raises(InputError, match="weights do not match config") as err:
+        load_generator(bad, "cpu")
+    assert str(bad / "model.safetensors") in str(err.value)
+
+
+def test_generator_takes_ema_weights_only_when_present(checkpoints: dict[str, Path]) -> None:
+    import torch
+
+    ldm = load_checkpoint(checkpoints["one_pass"])
+    ae = load_checkpoint(checkpoints["one_pass"].parent / "ae")
+    cpu = torch.device("cpu")
+    raw = assemble_generator(ldm.cfg, ldm.weights, ae.weights, use_ema=True, device=cpu)
+    assert not raw.used_ema  # asked for EMA, the weights have none: the raw UNet, said so
+    assert raw.latent_scale == float(raw.autoencoder.quantizer.latent_scale())
+    shifted = {
+        **ldm.weights,
+        **{f"ema.{k}": v + 1.0 for k, v in ldm.weights.items() if k.startswith("unet.")},
+    }
+    ema = assemble_generator(ldm.cfg, shifted, ae.weights, use_ema=True, device=cpu)
+    plain = assemble_generator(ldm.cfg, shifted, ae.weights, use_ema=False, device=cpu)
+    assert ema.used_ema and not plain.used_ema
+    name, value = next((k, v) for k, v in ldm.weights.items() if k.startswith("unet."))
+    loaded = dict(ema.unet.named_parameters()) | dict(ema.unet.named_buffers())
+    key = name.removeprefix("unet.")
+    assert torch.equal(loaded[key], value + 1.0)
+    assert torch.equal(
+        (dict(plain.unet.named_parameters()) | dict(plain.unet.named_buffers()))[key], value
+    )
 
 
 def test_pool_area_change_sees_a_beat_and_not_a_still_image() -> None:
