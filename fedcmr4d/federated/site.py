@@ -11,6 +11,7 @@ enforced in one place, :mod:`fedcmr4d.federated.outbound`.
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,17 @@ def add_proximal_term(trainer: Any, global_weights: Weights, mu: float) -> None:
             param.register_hook(hook)
 
 
+def round_first_epoch(server_round: int, batches: int, steps_per_epoch: int) -> int:
+    """The epoch a site's round starts its data draws at.
+
+    A site builds a fresh trainer every round. Starting each at epoch 0 replayed the same
+    shuffle and the same slice / window / frame draws every round, so a round of fewer local
+    steps than an epoch saw the same few subjects each time. A round of ``batches`` batches
+    spans at most ``ceil(batches / steps_per_epoch)`` epochs, so each round gets its own.
+    """
+    return (server_round - 1) * math.ceil(batches / max(1, steps_per_epoch))
+
+
 def round_seed(cfg: Config, site_name: str, stage: str, server_round: int) -> int:
     """Seed of the torch RNG for one site's round (diffusion noise and timesteps draw from it).
 
@@ -156,6 +168,8 @@ def train_round(
     steps = cfg.round_steps(stage)
     trainer.total_steps = rounds.get(stage, server_round) * steps
     trainer.global_step = (server_round - 1) * steps
+    batches = steps * trainer.train_cfg.grad_accumulation
+    trainer.start_at_epoch(round_first_epoch(server_round, batches, trainer.steps_per_epoch))
     torch.manual_seed(round_seed(cfg, site.name, stage, server_round))
     metrics = releasable_metrics(trainer.train(steps), dp=site.policy.dp_required(cfg))
     return trainer.get_weights(), metrics

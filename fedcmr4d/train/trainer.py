@@ -16,6 +16,7 @@ object never sees the trainer.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -65,6 +66,12 @@ def build_stage(
     if autoencoder_weights is None:
         raise ValueError("stage 'diffusion' needs autoencoder_weights (the frozen stage 1)")
     return DiffusionStage(cfg, cines, runtime, autoencoder_weights=autoencoder_weights)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """Seed of an epoch's shuffle: stable across processes (no salted ``hash``)."""
+    digest = hashlib.sha256(f"{seed}|epoch|{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
 
 
 def lr_factor(tc: StageTrainConfig, step: int, total_steps: int) -> float:
@@ -224,13 +231,15 @@ class StageTrainer:
             self.lr_schedulers,
             grad_clip=None if privacy is not None else tc.grad_clip,
         )
+        # Reseeded at every epoch (epoch_seed): an epoch's order depends on (seed, epoch) alone.
+        self._shuffle = torch.Generator()
         self.loader: DataLoader[Tensor] = DataLoader(
             self.impl.dataset,
             batch_size=min(tc.batch_size, self.num_subjects),
             shuffle=True,
             drop_last=False,
             num_workers=cfg.train.num_workers,
-            generator=torch.Generator().manual_seed(cfg.seed),
+            generator=self._shuffle,
         )
         self._batches: Iterator[Tensor] | None = None
         self.ema: dict[str, Tensor] | None = None
@@ -275,11 +284,27 @@ class StageTrainer:
         return self.impl.checkpoint_meta()
 
     # ----------------------------------------------------------------- steps
+    @property
+    def steps_per_epoch(self) -> int:
+        """Batches in one epoch of the plain (non-DP) loop."""
+        return len(self.loader)
+
+    def start_at_epoch(self, epoch: int) -> None:
+        """Draw the next batch from the start of ``epoch`` (a federated round's first epoch:
+        :func:`fedcmr4d.federated.site.round_first_epoch`)."""
+        self.epoch = int(epoch)
+        self._batches = None
+
     def next_batch(self) -> Tensor:
-        """Next (B, k, ...) batch; a new epoch reshuffles and redraws slices/windows."""
+        """Next (B, k, ...) batch; a new epoch reshuffles and redraws slices/windows.
+
+        Both depend on ``(cfg.seed, epoch)`` alone, so a resumed run or a federated round that
+        starts at a given epoch draws what an unbroken run would have drawn there.
+        """
         while True:
             if self._batches is None:
                 self.impl.set_epoch(self.epoch)
+                self._shuffle.manual_seed(epoch_seed(self.cfg.seed, self.epoch))
                 self._batches = iter(self.loader)
             try:
                 batch = next(self._batches)

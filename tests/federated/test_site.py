@@ -15,7 +15,7 @@ from fedcmr4d.data.phantom import write_phantom_cohort
 from fedcmr4d.errors import ConfigError
 from fedcmr4d.federated.init_weights import initial_weights
 from fedcmr4d.federated.settings import SiteSettings
-from fedcmr4d.federated.site import round_seed, train_round
+from fedcmr4d.federated.site import round_first_epoch, round_seed, train_round
 
 ROUNDS = {"autoencoder": 1, "diffusion": 1}
 
@@ -86,3 +86,40 @@ def test_round_seed_is_stable_and_differs_by_site_stage_and_round() -> None:
     }
     assert seed not in others and len(others) == 4
     assert 0 <= seed < 2**64
+
+
+def test_each_round_draws_new_epochs(site: SiteSettings, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh trainer per round used to replay epoch 0 (same shuffle, same slices) each time."""
+    from fedcmr4d.stages.autoencoder import AutoencoderStage
+
+    seen: list[int] = []
+    original = AutoencoderStage.set_epoch
+
+    def record(self: AutoencoderStage, epoch: int) -> None:
+        seen.append(epoch)
+        original(self, epoch)
+
+    monkeypatch.setattr(AutoencoderStage, "set_epoch", record)
+    cfg = load_config("tiny", ["train.autoencoder.steps=3", "train.autoencoder.batch_size=1"])
+    start = initial_weights("autoencoder", cfg)
+    epochs = []
+    for server_round in (1, 2):
+        seen.clear()
+        train_round(
+            "autoencoder", cfg, site, start, None, rounds={"autoencoder": 2},
+            server_round=server_round,
+        )  # fmt: skip
+        epochs.append(set(seen))
+    # 2 training subjects, batch 1: 2 steps an epoch, so a 3-step round spans epochs 0-1, 2-3
+    assert epochs == [{0, 1}, {2, 3}]
+
+
+def test_round_first_epoch_gives_rounds_disjoint_epochs() -> None:
+    for batches, per_epoch in ((3, 2), (10, 10), (1, 7), (25, 4)):
+        spans = []
+        for server_round in (1, 2, 3):
+            first = round_first_epoch(server_round, batches, per_epoch)
+            last = first + math.ceil(batches / per_epoch) - 1
+            spans.append((first, last))
+        assert spans[0][0] == 0
+        assert all(a[1] < b[0] for a, b in zip(spans, spans[1:], strict=False))

@@ -196,3 +196,22 @@ def test_lr_schedule_follows_the_stage_step_across_rebuilt_trainers(tiny_cohort:
     assert whole[0] == pytest.approx(lr / 2) and whole[1] == pytest.approx(lr)
     assert whole[-1] == pytest.approx(0.1 * lr)
     assert whole[1] > whole[3] > whole[5]
+
+
+def test_an_epochs_batches_depend_on_seed_and_epoch_alone(tiny_cohort: Path) -> None:
+    """A resumed run or a federated round starting at an epoch draws what an unbroken run does."""
+    cfg = load_config("tiny", ["train.autoencoder.batch_size=1"])
+    unbroken = StageTrainer("autoencoder", cfg, tiny_cohort)
+    first = [unbroken.next_batch() for _ in range(unbroken.steps_per_epoch)]
+    second = [unbroken.next_batch() for _ in range(unbroken.steps_per_epoch)]
+    later = StageTrainer("autoencoder", cfg, tiny_cohort)
+    later.start_at_epoch(1)
+    assert all(torch.equal(a, later.next_batch()) for a in second)
+    assert not all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+    other_seed = StageTrainer(
+        "autoencoder",
+        load_config("tiny", ["seed=1", "train.autoencoder.batch_size=1"]),
+        tiny_cohort,
+    )
+    other_seed.start_at_epoch(1)
+    assert not all(torch.equal(a, other_seed.next_batch()) for a in second)
