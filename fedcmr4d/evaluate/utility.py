@@ -29,7 +29,6 @@ from fedcmr4d.data.cohort import (
     LABEL_MYO,
     LABEL_RV,
     LABEL_UNLABELLED,
-    LABELS_FILE,
     Cohort,
     open_cohort,
 )
@@ -42,7 +41,7 @@ from fedcmr4d.evaluate.segmenter import (
     segment_cine,
 )
 from fedcmr4d.io import atomic_write_json
-from fedcmr4d.pipelines.labelling import require_labels, unlabelled_subject
+from fedcmr4d.pipelines.labelling import require_labels
 
 ARMS = ("real", "synthetic", "real+synthetic")
 STRUCTURES = {"lv": LABEL_LV, "myo": LABEL_MYO, "rv": LABEL_RV}
@@ -154,20 +153,6 @@ def add_paired_gaps(utility: dict[str, Any]) -> None:
         row["seeds_at_or_above_real"] = sum(g >= 0 for g in gaps)
 
 
-def require_test_labels(test: Cohort) -> None:
-    """Refuse a test cohort with a subject lacking ``labels.nii.gz`` before any arm trains.
-
-    Every test subject is scored against its labels, so one without them would otherwise stop
-    the run only after arm (a)'s first segmenter had trained.
-    """
-    missing = unlabelled_subject(test)
-    if missing is not None:
-        raise InputError(
-            f"{test.root / missing / LABELS_FILE}: missing; every real test subject needs its "
-            "reference labels (at ED/ES at least) to be scored"
-        )
-
-
 def run_utility(
     real_train_dir: str | Path,
     synthetic_dir: str | Path,
@@ -196,7 +181,13 @@ def run_utility(
         open_cohort(real_test_dir),
     )
     require_labels(synthetic)
-    require_test_labels(real_test)
+    # Before any arm trains: a test subject without labels would otherwise stop the run only
+    # when arm (a)'s first segmenter is scored.
+    require_labels(
+        real_test,
+        remedy="every real test subject needs its reference labels (at ED/ES at least) to be "
+        "scored",
+    )
     real_frames = labelled_frames(real_train)
     synthetic_frames = labelled_frames(synthetic)
     data = {

@@ -270,14 +270,17 @@ def unlabelled_subject(cohort: Cohort) -> str | None:
     return None
 
 
-def require_labels(cohort: Cohort) -> None:
-    """Raise :class:`InputError` naming the first subject missing ``labels.nii.gz``."""
+def require_labels(
+    cohort: Cohort,
+    remedy: str = "label the cohort first (`fedcmr4d label --synthetic DIR --segmenter SEG`)",
+) -> None:
+    """Raise :class:`InputError` naming the first subject missing ``labels.nii.gz``.
+
+    ``remedy`` ends the message: what the user should do (the default fits a synthetic cohort).
+    """
     missing = unlabelled_subject(cohort)
     if missing is not None:
-        raise InputError(
-            f"{cohort.root / missing / LABELS_FILE}: missing; label the cohort first "
-            "(`fedcmr4d label --synthetic DIR --segmenter SEG`)"
-        )
+        raise InputError(f"{cohort.root / missing / LABELS_FILE}: missing; {remedy}")
 
 
 def label_and_measure(synthetic_dir: str | Path, segmenter_dir: str | Path) -> dict[str, Any]:
