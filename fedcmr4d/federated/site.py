@@ -10,7 +10,6 @@ enforced in one place, :mod:`fedcmr4d.federated.outbound`.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from fedcmr4d.data.cohort import open_cohort
 from fedcmr4d.errors import ConfigError, InputError
 from fedcmr4d.federated.settings import SiteSettings
 from fedcmr4d.privacy.site import releasable_metrics
+from fedcmr4d.seeds import stable_seed
 from fedcmr4d.stages import Stage
 from fedcmr4d.train.local import split_subjects
 
@@ -119,8 +119,7 @@ def round_seed(cfg: Config, site_name: str, stage: str, server_round: int) -> in
     the process-wide RNG state would otherwise depend on that order and the same federation would
     train differently from run to run. (DP noise has its own generator.)
     """
-    text = f"{cfg.seed}|{site_name}|{stage}|{server_round}"
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+    return stable_seed(cfg.seed, site_name, stage, server_round)
 
 
 def train_round(

@@ -16,7 +16,6 @@ object never sees the trainer.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +33,7 @@ from fedcmr4d.devices import resolve_device
 from fedcmr4d.errors import ConfigError
 from fedcmr4d.privacy.engine import SubjectDP
 from fedcmr4d.privacy.protocol import PRIVACY_METHODS, Privacy
+from fedcmr4d.seeds import stable_seed
 from fedcmr4d.stages import Stage
 from fedcmr4d.stages.autoencoder import AutoencoderStage
 from fedcmr4d.stages.base import Runtime, StepOptimizers, TrainingStage
@@ -66,12 +66,6 @@ def build_stage(
     if autoencoder_weights is None:
         raise ValueError("stage 'diffusion' needs autoencoder_weights (the frozen stage 1)")
     return DiffusionStage(cfg, cines, runtime, autoencoder_weights=autoencoder_weights)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of an epoch's shuffle: stable across processes (no salted ``hash``)."""
-    digest = hashlib.sha256(f"{seed}|epoch|{epoch}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
 
 
 def lr_factor(tc: StageTrainConfig, step: int, total_steps: int) -> float:
@@ -231,7 +225,7 @@ class StageTrainer:
             self.lr_schedulers,
             grad_clip=None if privacy is not None else tc.grad_clip,
         )
-        # Reseeded at every epoch (epoch_seed): an epoch's order depends on (seed, epoch) alone.
+        # Reseeded at every epoch (stable_seed): an epoch's order depends on (seed, epoch) alone.
         self._shuffle = torch.Generator()
         self.loader: DataLoader[Tensor] = DataLoader(
             self.impl.dataset,
@@ -304,7 +298,7 @@ class StageTrainer:
         while True:
             if self._batches is None:
                 self.impl.set_epoch(self.epoch)
-                self._shuffle.manual_seed(epoch_seed(self.cfg.seed, self.epoch))
+                self._shuffle.manual_seed(stable_seed(self.cfg.seed, "epoch", self.epoch))
                 self._batches = iter(self.loader)
             try:
                 batch = next(self._batches)
