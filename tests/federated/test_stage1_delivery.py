@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Error, Message, MessageType, RecordDict
-from flwr.supercore.task_identity import TaskIdentity
 
 from fedcmr4d.errors import InputError
 from fedcmr4d.federated.records import numpy_to_record, record_nbytes
@@ -30,15 +28,6 @@ def _autoencoder(seed: int = 0) -> dict[str, np.ndarray]:
         "autoencoder.encoder.weight": rng.normal(size=(8, 1, 3, 3, 3)).astype(np.float32),
         "autoencoder.quantizer.codebook": rng.normal(size=(16, 8)).astype(np.float32),
     }
-
-
-@pytest.fixture
-def task_identity() -> Iterator[None]:
-    """Messages need the identity a Flower runtime gives its process; set one for the test."""
-    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
-    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
-    yield
-    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 def _train_message(node: int) -> Message:
