@@ -285,9 +285,33 @@ class FederationConfig(_Strict):
     max_num_examples: int = Field(
         1_000_000, ge=1, description="reject a reply claiming more training subjects"
     )
+    loss_weighting: dict[Literal["autoencoder", "diffusion", "segmenter"], float] = Field(
+        default_factory=dict,
+        description="stage -> q: a site's aggregation weight is num-examples x (its training "
+        "loss / the median site's)^q, bounded by loss_weighting_cap (q-FFL style; a stage not "
+        "named, or q 0: num-examples alone)",
+    )
+    loss_weighting_cap: float = Field(
+        4.0,
+        ge=1,
+        description="most the loss factor may multiply or divide a site's weight (bounds a "
+        "site that overstates its loss)",
+    )
     server_lr: float = Field(0.01, gt=0, description="FedAdam server learning rate (eta)")
     trimmed_beta: float = Field(0.2, ge=0, lt=0.5, description="FedTrimmedAvg cut per side")
     krum_malicious: int = Field(0, ge=0, description="Krum: sites assumed malicious")
+
+    @model_validator(mode="after")
+    def _loss_powers(self) -> FederationConfig:
+        bad = {k: v for k, v in self.loss_weighting.items() if not 0 <= v <= 16}
+        if bad:
+            raise ValueError(f"loss_weighting powers must be within [0, 16], got {bad}")
+        return self
+
+    def loss_power(self, stage: Stage | str) -> float:
+        """q of the loss-weighted aggregation of ``stage`` (0: weighted by num-examples only)."""
+        name = Stage.parse(stage).value
+        return float(self.loss_weighting.get(name, 0.0))  # type: ignore[call-overload]
 
     def rounds(self, stage: Stage) -> int:
         """Planned rounds of ``stage`` (``rounds_<stage>``)."""

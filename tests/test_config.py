@@ -40,11 +40,12 @@ def _keys_at_default(tree: dict[str, Any], default: dict[str, Any], path: str = 
     found = []
     for key, value in tree.items():
         dotted = f"{path}{key}"
-        if isinstance(value, dict):
+        sub = default.get(key)
+        if isinstance(value, dict) and isinstance(sub, dict) and sub:  # a section
             if not value:
                 found.append(f"{dotted} (empty section)")
-            found += _keys_at_default(value, default[key], dotted + ".")
-        elif value == default[key]:
+            found += _keys_at_default(value, sub, dotted + ".")
+        elif value == sub:  # a value, or a mapping-valued field (stage -> q) at its default
             found.append(f"{dotted} = {value!r}")
     return found
 

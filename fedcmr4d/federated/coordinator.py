@@ -26,6 +26,7 @@ from fedcmr4d.config import Config
 from fedcmr4d.errors import ConfigError
 from fedcmr4d.federated.audit_stage import ensure_synthetic, run_audit_stage
 from fedcmr4d.federated.init_weights import initial_weights
+from fedcmr4d.federated.loss_weighting import set_aggregation_weights
 from fedcmr4d.federated.messages import common_metric_keys, message_config, site_name
 from fedcmr4d.federated.metrics_log import write_metrics
 from fedcmr4d.federated.records import (
@@ -118,7 +119,15 @@ def run_round(
 
     new_arrays: ArrayRecord | None = None
     metrics: MetricRecord | None = None
+    factors: dict[str, float] = {}
     if len(accepted) >= cfg.federation.min_accepted:
+        # Before the keys are trimmed to those all replies share: a DP site sends no loss,
+        # and the others' losses must still weigh them.
+        factors = set_aggregation_weights(
+            accepted,
+            power=cfg.federation.loss_power(stage),
+            cap=cfg.federation.loss_weighting_cap,
+        )
         common_metric_keys(accepted)
         new_arrays, metrics = strategy.aggregate_train(server_round, accepted)
         if new_arrays is not None:
@@ -136,6 +145,8 @@ def run_round(
             for r in accepted
         },
         "rejected": rejected,
+        # Each accepted site's loss factor (federation.loss_weighting; 1 each without it).
+        "aggregation_factors": factors,
         "refused": len(screened.refused),
         "privacy": site_privacy(replies),
         "update_norms": report.update_norms,

@@ -1,8 +1,9 @@
 """Build the Flower strategy named in ``federation.strategy``, and save/restore its state.
 
-FedAvg weights sites by ``num-examples``. FedAdam (server-side adaptive optimiser) helps when
-sites differ by vendor; FedProx sends ``proximal-mu`` to the sites. FedTrimmedAvg, FedMedian and
-Krum are robust aggregators.
+FedAvg weights sites by ``num-examples``, times a loss factor with ``federation.loss_weighting``
+(:mod:`fedcmr4d.federated.loss_weighting`; every strategy is built to read that weight).
+FedAdam (server-side adaptive optimiser) helps when sites differ by vendor; FedProx sends
+``proximal-mu`` to the sites. FedTrimmedAvg, FedMedian and Krum are robust aggregators.
 
 There is no central (server-side) DP option: it was removed (docs/privacy.md, "Central DP was
 removed"). Flower's wrappers assumed ``min_nodes`` sampled sites whatever was aggregated, took
@@ -28,6 +29,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedcmr4d.config import FederationConfig
+from fedcmr4d.federated.loss_weighting import AGGREGATION_KEY
 
 WEIGHT_KEY = "num-examples"
 # Metrics that are a budget spent, not a mean: the consortium reports the worst site.
@@ -45,14 +47,21 @@ def weighted_mean(rows: list[dict[str, float]], key: str, weight_key: str) -> fl
 
 
 def aggregate_metrics(contents: list[RecordDict], weight_key: str) -> MetricRecord:
-    """Weighted mean of losses, sum of examples, maximum of privacy spent (epsilon, delta).
+    """Mean of losses weighted by ``num-examples``, sum of examples, maximum of privacy spent.
 
     Args:
         contents: reply RecordDicts, each with a ``metrics`` MetricRecord.
-        weight_key: the metric that weights the mean (``num-examples``).
+        weight_key: what Flower passes (its ``weighted_by_key``, the aggregation weight). Not
+            used: the means stay weighted by ``num-examples``, so a loss-weighted round reports
+            the sites' mean loss like any other round; the aggregation weight is left out.
     """
+    del weight_key
     records = [
-        {k: float(v) for k, v in c.metric_records["metrics"].items()}  # type: ignore[arg-type]
+        {
+            k: float(v)  # type: ignore[arg-type]
+            for k, v in c.metric_records["metrics"].items()
+            if k != AGGREGATION_KEY
+        }
         for c in contents
         if "metrics" in c.metric_records
     ]
@@ -65,24 +74,27 @@ def aggregate_metrics(contents: list[RecordDict], weight_key: str) -> MetricReco
         elif key in SUM_METRICS:
             out[key] = sum(values)
         else:
-            out[key] = weighted_mean(records, key, weight_key)
+            out[key] = weighted_mean(records, key, WEIGHT_KEY)
     return MetricRecord(out)  # type: ignore[arg-type]
 
 
-def build_strategy(fed: FederationConfig, *, evaluate: bool = False) -> Strategy:
-    """The strategy for one training stage.
+def build_strategy(fed: FederationConfig) -> Strategy:
+    """The strategy for one training stage (training rounds only).
+
+    Flower's own per-round evaluation is off: the coordinator evaluates each stage's final
+    model itself (``coordinator.evaluate_stage``), and Flower's would weight evaluate replies
+    by the aggregation weight, which only training replies carry.
 
     Args:
         fed: the ``federation`` config section.
-        evaluate: whether to ask sites to evaluate after each round (holdout losses).
     """
     common: dict[str, Any] = {
         "fraction_train": fed.fraction_train,
-        "fraction_evaluate": 1.0 if evaluate else 0.0,
+        "fraction_evaluate": 0.0,
         "min_train_nodes": fed.min_nodes,
         "min_evaluate_nodes": fed.min_nodes,
         "min_available_nodes": fed.min_nodes,
-        "weighted_by_key": WEIGHT_KEY,
+        "weighted_by_key": AGGREGATION_KEY,  # num-examples x loss factor, set by the coordinator
         "train_metrics_aggr_fn": aggregate_metrics,
         "evaluate_metrics_aggr_fn": aggregate_metrics,
     }
