@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from fedcmr4d.config import Config
+from fedcmr4d.config import Config, FederationConfig
 from fedcmr4d.errors import ConfigError
 from fedcmr4d.federated.audit_stage import ensure_synthetic, run_audit_stage
 from fedcmr4d.federated.init_weights import initial_weights
@@ -121,15 +121,9 @@ def run_round(
     metrics: MetricRecord | None = None
     factors: dict[str, float] = {}
     if len(accepted) >= cfg.federation.min_accepted:
-        # Before the keys are trimmed to those all replies share: a DP site sends no loss,
-        # and the others' losses must still weigh them.
-        factors = set_aggregation_weights(
-            accepted,
-            power=cfg.federation.loss_power(stage),
-            cap=cfg.federation.loss_weighting_cap,
+        new_arrays, metrics, factors = aggregate_accepted(
+            strategy, server_round, accepted, fed=cfg.federation, stage=stage
         )
-        common_metric_keys(accepted)
-        new_arrays, metrics = strategy.aggregate_train(server_round, accepted)
         if new_arrays is not None:
             # FedAdam & co. compute in float64; the model (and every site's reply) stays float32.
             new_arrays = cast_like(new_arrays, arrays)
@@ -161,6 +155,28 @@ def run_round(
         "seconds": round(time.monotonic() - started, 3),
     }
     return RoundOutcome(new_arrays, row)
+
+
+def aggregate_accepted(
+    strategy: Strategy,
+    server_round: int,
+    accepted: list[Message],
+    *,
+    fed: FederationConfig,
+    stage: str,
+) -> tuple[ArrayRecord | None, MetricRecord | None, dict[str, float]]:
+    """The strategy's aggregate of the accepted replies, and each site's loss factor.
+
+    The aggregation weights (:func:`~fedcmr4d.federated.loss_weighting.set_aggregation_weights`)
+    are set before the metrics are trimmed to the keys all replies share: a DP site sends no
+    loss, and the other sites' losses must still weigh them.
+    """
+    factors = set_aggregation_weights(
+        accepted, power=fed.loss_power(stage), cap=fed.loss_weighting_cap
+    )
+    common_metric_keys(accepted)
+    arrays, metrics = strategy.aggregate_train(server_round, accepted)
+    return arrays, metrics, factors
 
 
 def _attach_stage1(stage1: Stage1Delivery | None, messages: list[Message]) -> int:

@@ -10,6 +10,7 @@ from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDic
 
 from fedcmr4d.config import FederationConfig, load_config
 from fedcmr4d.errors import ConfigError
+from fedcmr4d.federated.coordinator import aggregate_accepted
 from fedcmr4d.federated.loss_weighting import (
     AGGREGATION_KEY,
     loss_factors,
@@ -103,6 +104,34 @@ def test_without_loss_weighting_the_average_is_fedavg(task_identity: None) -> No
     arrays, _ = build_strategy(FederationConfig()).aggregate_train(1, replies)
     assert arrays is not None
     assert record_to_numpy(arrays)["w"] == pytest.approx(np.full(3, (10 + 4 * 30) / 40))
+
+
+def test_a_dp_site_without_a_loss_is_averaged_in_and_the_others_still_weighed(
+    task_identity: None,
+) -> None:
+    """The coordinator's round: a DP site sends no loss, and trimming to common keys comes
+    only after the weights are set (else no site would be loss-weighted)."""
+
+    def replies() -> list[Message]:
+        return [
+            _reply(11, "site-A", 1.0, {"loss": 0.2, "num-examples": 10.0}),
+            _reply(12, "site-B", 2.0, {"loss": 0.4, "num-examples": 10.0}),
+            _reply(13, "dp-site", 3.0, {"num-examples": 10.0, "epsilon": 1.0, "delta": 1e-5}),
+        ]
+
+    fed = FederationConfig(loss_weighting={"segmenter": 1.0})
+    arrays, metrics, factors = aggregate_accepted(
+        build_strategy(fed), 1, replies(), fed=fed, stage="segmenter"
+    )
+    assert list(factors.values()) == pytest.approx([0.2 / 0.3, 0.4 / 0.3, 1.0])
+    weights = 10.0 * np.array([0.2 / 0.3, 0.4 / 0.3, 1.0])
+    expected = (weights @ np.array([1.0, 2.0, 3.0])) / weights.sum()
+    assert arrays is not None and metrics is not None
+    assert record_to_numpy(arrays)["w"] == pytest.approx(np.full(3, expected), rel=1e-6)
+    assert "loss" not in metrics  # not every site sent one: no mean loss is reported
+    # the diffusion stage is not named in loss_weighting: FedAvg there
+    _, _, plain = aggregate_accepted(build_strategy(fed), 1, replies(), fed=fed, stage="diffusion")
+    assert set(plain.values()) == {1.0}
 
 
 def test_loss_weighting_config_is_checked_at_load() -> None:
