@@ -95,6 +95,29 @@ def test_flowers_average_follows_the_factors_not_a_weight_the_site_sent(
     assert AGGREGATION_KEY not in metrics
 
 
+@pytest.mark.parametrize(
+    "strategy", ["fedavg", "fedadam", "fedprox", "fedtrimmedavg", "fedmedian", "krum"]
+)
+def test_every_strategy_aggregates_by_the_weight_the_coordinator_sets(
+    strategy: str, task_identity: None
+) -> None:
+    """Each strategy is built to read the aggregation weight; none may miss it in a reply."""
+    replies = [
+        _reply(11 + i, f"site-{i}", float(i), {"loss": 0.1 * (i + 1), "num-examples": 8.0})
+        for i in range(5)
+    ]
+    set_aggregation_weights(replies, power=4.0, cap=4.0)
+    fed = FederationConfig(strategy=strategy, min_nodes=2)  # type: ignore[arg-type]
+    built = build_strategy(fed)
+    if strategy == "fedadam":  # FedOpt keeps the arrays it sent (configure_train sets them)
+        built.current_arrays = {"w": np.zeros(3, np.float32)}  # type: ignore[attr-defined]
+    arrays, metrics = built.aggregate_train(1, replies)
+    assert arrays is not None and metrics is not None
+    assert np.isfinite(record_to_numpy(arrays)["w"]).all()
+    # Krum keeps one site's update and its metrics; the others report all five sites
+    assert metrics["num-examples"] == (8 if strategy == "krum" else 40)
+
+
 def test_without_loss_weighting_the_average_is_fedavg(task_identity: None) -> None:
     replies = [
         _reply(11, "site-A", 1.0, {"loss": 0.1, "num-examples": 10.0}),
