@@ -18,6 +18,11 @@ there. ``num-examples`` is left as the site declared it (the audit checks it).
 A site can lie about its loss. The factor is the loss relative to the median site's, raised
 to ``q`` and bounded to ``[1 / cap, cap]``. So a site that claims any loss at all gets at most
 ``cap`` times its FedAvg weight, and a site that sends no usable loss gets its FedAvg weight.
+The ratio of any two sites' factors is at most ``cap ** 2`` (16 by default): in a federation
+of two, where the median is the mean of the two losses, a liar can push the honest site
+down to ``1 / cap`` while it takes ``cap``. That sits on top of what ``num-examples`` already
+lets a site claim in its first round (``federation.max_num_examples``); against sites that lie
+outright, use a robust strategy (``fedmedian``, ``krum``).
 """
 
 from __future__ import annotations

@@ -43,6 +43,11 @@ def test_a_site_overstating_its_loss_gets_at_most_cap_times_its_weight(claimed: 
     assert factors["honest-1"] < factors["honest-2"]
 
 
+def test_in_a_federation_of_two_a_liar_outweighs_the_other_by_at_most_cap_squared() -> None:
+    factors = loss_factors({"honest": 0.2, "liar": 1e12}, power=4, cap=4)
+    assert factors == {"honest": pytest.approx(0.25), "liar": pytest.approx(4.0)}
+
+
 def test_a_site_understating_its_loss_is_bounded_below_too() -> None:
     factors = loss_factors({"a": 0.2, "b": 0.2, "c": 1e-300}, power=4, cap=4)
     assert factors["c"] == pytest.approx(0.25)
