@@ -285,7 +285,7 @@ class FederationConfig(_Strict):
     max_num_examples: int = Field(
         1_000_000, ge=1, description="reject a reply claiming more training subjects"
     )
-    loss_weighting: dict[Literal["autoencoder", "diffusion", "segmenter"], float] = Field(
+    loss_weighting: dict[Stage, float] = Field(
         default_factory=dict,
         description="stage -> q: a site's aggregation weight is num-examples x (its training "
         "loss / the median site's)^q, bounded by loss_weighting_cap (q-FFL style; a stage not "
@@ -310,8 +310,7 @@ class FederationConfig(_Strict):
 
     def loss_power(self, stage: Stage | str) -> float:
         """q of the loss-weighted aggregation of ``stage`` (0: weighted by num-examples only)."""
-        name = Stage.parse(stage).value
-        return float(self.loss_weighting.get(name, 0.0))  # type: ignore[call-overload]
+        return float(self.loss_weighting.get(Stage.parse(stage), 0.0))
 
     def rounds(self, stage: Stage) -> int:
         """Planned rounds of ``stage`` (``rounds_<stage>``)."""
@@ -494,7 +493,7 @@ def _format_errors(source: str, exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        elif err["type"] == "literal_error":
+        elif err["type"] in ("literal_error", "enum"):
             msg = f"must be one of {err.get('ctx', {}).get('expected', '')}"
         got = err.get("input")
         shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
