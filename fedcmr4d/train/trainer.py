@@ -40,6 +40,7 @@ from fedcmr4d.stages.base import Runtime, StepOptimizers, TrainingStage
 from fedcmr4d.stages.diffusion import DiffusionStage, load_frozen_autoencoder
 from fedcmr4d.stages.segmenter import SegmenterStage, load_labelled_subjects
 from fedcmr4d.train.models import strip_prefixes
+from fedcmr4d.train.optimizers import adam_implementation
 
 __all__ = ["StageTrainer", "build_stage", "load_frozen_autoencoder", "resolve_device"]
 
@@ -113,7 +114,11 @@ def build_optimizers(
     betas = (tc.betas[0], tc.betas[1])
     optimizers: dict[str, torch.optim.Optimizer] = {
         name: torch.optim.AdamW(
-            model.parameters(), lr=lrs[name], betas=betas, weight_decay=tc.weight_decay
+            model.parameters(),
+            lr=lrs[name],
+            betas=betas,
+            weight_decay=tc.weight_decay,
+            **adam_implementation(model.parameters()),
         )
         for name, model in models.items()
     }
