@@ -2,9 +2,9 @@
 
 A model that memorised its training subjects fits them better than unseen ones. At each site the
 model scores every subject of its split by its own loss -- stage 2: the diffusion loss at fixed
-(timestep, noise) draws (``audit.membership_draws``, the same generator seed for every subject),
-averaged; stage 1: the L1 reconstruction error -- and the attack "member when the loss is low"
-is measured by:
+(timestep, noise) draws (``audit.membership_draws`` per latent stack, the same for the j-th
+stack of every subject), averaged; stage 1: the L1 reconstruction error -- and the attack
+"member when the loss is low" is measured by:
 
 - ``auc``: P(holdout loss > training loss), ties one half: the Mann-Whitney U of the holdout
   losses against the training losses divided by ``n_members * n_nonmembers`` (0.5 = chance);
@@ -40,6 +40,10 @@ from fedcmr4d.errors import InputError
 DRAW_SEED = 20_250_514
 
 
+#: Upper bound on latent-stack elements scored in one denoiser call (batch = bound / stack size).
+SCORE_BATCH_ELEMENTS = 1 << 21
+
+
 @torch.no_grad()
 def subject_scores(
     cfg: Config,
@@ -52,11 +56,15 @@ def subject_scores(
     draws: int = 4,
 ) -> dict[str, np.ndarray]:
     """Per-subject losses: ``autoencoder`` (L1 reconstruction) and, with a denoiser,
-    ``diffusion`` (mean Huber loss over ``draws`` fixed draws). Stays at the site."""
+    ``diffusion`` (mean Huber loss over ``draws`` fixed draws per latent stack). Stays at the
+    site.
+
+    The draws are made once (:func:`fixed_draws`): the j-th stack of every subject is scored at
+    the same ``draws`` (noise, timestep) pairs, so two subjects' losses differ by their data
+    alone. Every (subject, stack, draw) term is then scored in batches of the denoiser.
+    """
     from fedcmr4d.data.datasets import cine_slices, load_cines
-    from fedcmr4d.models.losses import diffusion_loss
     from fedcmr4d.schedulers import build_train_scheduler
-    from fedcmr4d.stages.diffusion import encode_subject
     from fedcmr4d.train.models import stack_slices_of
 
     if not subject_ids:
@@ -64,37 +72,86 @@ def subject_scores(
     _, cines = load_cines(
         cohort_dir, list(subject_ids), image_size=cfg.data.image_size, frames=cfg.data.frames
     )
-    device = torch.device("cpu")
-    recon, diff = [], []
-    scheduler = build_train_scheduler(cfg.diffusion)
+    recon, stacks = [], []
     s = stack_slices_of(cfg)
-    for cine in cines:
-        x = cine_slices(cine)
-        out = autoencoder(x)
-        recon.append(float(torch.mean(torch.abs(out.reconstruction.float().clamp(0, 1) - x))))
-        if unet is None:
-            continue
-        latents = encode_subject(autoencoder, cine, device) * latent_scale
-        stacks = [latents[i : i + s].flatten(0, 1) for i in range(0, latents.shape[0] - s + 1, s)]
-        generator = torch.Generator().manual_seed(DRAW_SEED)
-        losses = [
-            float(
-                diffusion_loss(
-                    unet,
-                    scheduler,
-                    stack.unsqueeze(0),
-                    huber_delta=cfg.diffusion.huber_delta,
-                    generator=generator,
-                )
-            )
-            for _ in range(draws)
-            for stack in stacks
-        ]
-        diff.append(float(np.mean(losses)))
+    for group in _element_groups(cines):
+        x = torch.cat([cine_slices(c) for c in group])  # every slice of the group's subjects
+        errors = torch.abs(autoencoder(x).reconstruction.float().clamp(0, 1) - x)
+        codes = autoencoder.encode_stage_2_inputs(x) * latent_scale if unet is not None else None
+        start = 0
+        for cine in group:
+            z = cine.shape[2]
+            recon.append(float(torch.mean(errors[start : start + z])))
+            if codes is not None:
+                whole = z - z % s  # the subject's whole stacks of s consecutive slices
+                mine = codes[start : start + whole]
+                stacks.append(mine.reshape(whole // s, s * mine.shape[1], *mine.shape[2:]))
+            start += z
     scores = {"autoencoder": np.asarray(recon)}
     if unet is not None:
-        scores["diffusion"] = np.asarray(diff)
+        scheduler = build_train_scheduler(cfg.diffusion)
+        delta = cfg.diffusion.huber_delta
+        scores["diffusion"] = stack_losses(unet, scheduler, stacks, draws, delta)
     return scores
+
+
+def _element_groups(cines: Sequence[np.ndarray]) -> list[list[np.ndarray]]:
+    """Consecutive subjects, at most :data:`SCORE_BATCH_ELEMENTS` voxels a group (>= 1)."""
+    groups: list[list[np.ndarray]] = [[]]
+    size = 0
+    for cine in cines:
+        if groups[-1] and size + cine.size > SCORE_BATCH_ELEMENTS:
+            groups.append([])
+            size = 0
+        groups[-1].append(cine)
+        size += cine.size
+    return groups
+
+
+def fixed_draws(
+    shape: Sequence[int], stacks: int, draws: int, num_timesteps: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stacks, draws, *shape) noise and (stacks, draws) timesteps from :data:`DRAW_SEED`."""
+    generator = torch.Generator().manual_seed(DRAW_SEED)
+    noise = torch.randn((stacks, draws, *shape), generator=generator)
+    timesteps = torch.randint(0, num_timesteps, (stacks, draws), generator=generator)
+    return noise, timesteps
+
+
+@torch.no_grad()
+def stack_losses(
+    unet: Any, scheduler: Any, stacks: Sequence[torch.Tensor], draws: int, huber_delta: float
+) -> np.ndarray:
+    """Each subject's mean diffusion loss over its (K_i, C, h, w, t) ``stacks``, ``draws``
+    fixed draws per stack (a subject without a whole stack: NaN)."""
+    from fedcmr4d.models.losses import diffusion_losses_at
+
+    most = max((int(x.shape[0]) for x in stacks), default=0)
+    if most == 0:
+        return np.full(len(stacks), np.nan)
+    shape = next(x.shape[1:] for x in stacks if x.shape[0])
+    noise, timesteps = fixed_draws(shape, most, draws, scheduler.num_train_timesteps)
+    owner = torch.cat([torch.full((x.shape[0] * draws,), i) for i, x in enumerate(stacks)])
+    clean = torch.cat([x.repeat_interleave(draws, dim=0) for x in stacks])
+    noise_of = torch.cat([noise[: x.shape[0]].flatten(0, 1) for x in stacks])
+    time_of = torch.cat([timesteps[: x.shape[0]].flatten() for x in stacks])
+    batch = max(1, SCORE_BATCH_ELEMENTS // max(1, shape.numel()))
+    losses = torch.cat(
+        [
+            diffusion_losses_at(
+                unet,
+                scheduler,
+                clean[i : i + batch],
+                noise_of[i : i + batch],
+                time_of[i : i + batch],
+                huber_delta,
+            )
+            for i in range(0, clean.shape[0], batch)
+        ]
+    ).double()
+    total = torch.zeros(len(stacks), dtype=torch.float64).index_add_(0, owner, losses)
+    count = torch.bincount(owner, minlength=len(stacks)).double()
+    return (total / count).numpy()  # 0 / 0: NaN for a subject without a stack
 
 
 def stage_aggregate(members: np.ndarray, nonmembers: np.ndarray) -> dict[str, Any]:

@@ -136,13 +136,38 @@ def diffusion_loss(
         generator=generator,
         device=clean.device,
     )
+    prediction, target = _prediction_and_target(unet, scheduler, clean, noise, timesteps)
+    if min_snr_gamma is None:
+        return F.huber_loss(prediction, target, delta=huber_delta)
+    per_sample = F.huber_loss(prediction, target, delta=huber_delta, reduction="none")
+    per_sample = per_sample.flatten(1).mean(dim=1)
+    return (per_sample * min_snr_weights(scheduler, timesteps, min_snr_gamma)).mean()
+
+
+def _prediction_and_target(
+    unet: Callable[..., Tensor],
+    scheduler: DDPMScheduler,
+    clean: Tensor,
+    noise: Tensor,
+    timesteps: Tensor,
+) -> tuple[Tensor, Tensor]:
+    """The UNet's float32 prediction at ``clean`` noised to ``timesteps``, and its target."""
     noisy = scheduler.add_noise(clean, noise, timesteps)
     prediction = unet(x=noisy, timesteps=timesteps)
-    target = diffusion_target(scheduler, clean, noise, timesteps)
-    if min_snr_gamma is None:
-        return F.huber_loss(prediction.float(), target.float(), delta=huber_delta)
-    per_element = F.huber_loss(
-        prediction.float(), target.float(), delta=huber_delta, reduction="none"
-    )
-    per_sample = per_element.flatten(1).mean(dim=1)
-    return (per_sample * min_snr_weights(scheduler, timesteps, min_snr_gamma)).mean()
+    return prediction.float(), diffusion_target(scheduler, clean, noise, timesteps).float()
+
+
+def diffusion_losses_at(
+    unet: Callable[..., Tensor],
+    scheduler: DDPMScheduler,
+    clean: Tensor,
+    noise: Tensor,
+    timesteps: Tensor,
+    huber_delta: float,
+) -> Tensor:
+    """(N,) mean Huber loss of each sample at the given noise (N, C, h, w, t) and timesteps
+    (N,): the per-sample terms of :func:`diffusion_loss` (every sample has the same number of
+    elements, so their mean is its loss)."""
+    prediction, target = _prediction_and_target(unet, scheduler, clean, noise, timesteps)
+    per_element = F.huber_loss(prediction, target, delta=huber_delta, reduction="none")
+    return per_element.flatten(1).mean(dim=1)

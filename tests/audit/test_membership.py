@@ -90,3 +90,43 @@ def test_sites_pool_rank_statistics_not_losses():
     ]
     assert combine_membership(same, AuditConfig())["passed"] is True  # type: ignore[index]
     assert combine_membership([None, None], AuditConfig()) is None
+
+
+def test_stack_losses_fixed_draws_per_stack_whatever_the_other_subjects():
+    """A subject's score is its own: the same alone, beside others, in any batch; the j-th
+    stack of every subject sees the same draws, so identical subjects score the same."""
+    import torch
+
+    from fedcmr4d.audit import membership
+    from fedcmr4d.models.losses import diffusion_losses_at
+    from fedcmr4d.schedulers import build_train_scheduler
+    from fedcmr4d.train.models import build_denoiser
+
+    cfg = load_config("tiny")
+    torch.manual_seed(0)
+    unet = build_denoiser(cfg).eval()
+    scheduler = build_train_scheduler(cfg.diffusion)
+    shape = (48, 4, 4, 2)
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randn((2, *shape), generator=g), torch.randn((1, *shape), generator=g)
+    empty = torch.zeros((0, *shape))
+    together = membership.stack_losses(unet, scheduler, [a, b, a, empty], 3, 1.0)
+    alone = membership.stack_losses(unet, scheduler, [a], 3, 1.0)
+    assert together[0] == pytest.approx(together[2], rel=1e-6)
+    assert together[0] == pytest.approx(alone[0], rel=1e-5)
+    assert together[0] != pytest.approx(together[1], rel=1e-3)
+    assert np.isnan(together[3])
+    noise, timesteps = membership.fixed_draws(shape, 2, 3, scheduler.num_train_timesteps)
+    by_hand = [
+        float(diffusion_losses_at(unet, scheduler, a[j : j + 1], noise[j, d : d + 1],
+                                  timesteps[j, d : d + 1], 1.0))  # fmt: skip
+        for j in range(2)
+        for d in range(3)
+    ]
+    assert together[0] == pytest.approx(np.mean(by_hand), rel=1e-5)
+    membership.SCORE_BATCH_ELEMENTS, saved = shape[0] * 4 * 4 * 2, membership.SCORE_BATCH_ELEMENTS
+    try:  # one term per denoiser call: the same scores
+        one_by_one = membership.stack_losses(unet, scheduler, [a, b, a, empty], 3, 1.0)
+    finally:
+        membership.SCORE_BATCH_ELEMENTS = saved
+    np.testing.assert_allclose(one_by_one[:3], together[:3], rtol=1e-5)
