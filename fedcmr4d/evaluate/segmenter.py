@@ -33,7 +33,7 @@ from fedcmr4d.data.cohort import LABEL_UNLABELLED, Cohort
 from fedcmr4d.devices import resolve_device
 from fedcmr4d.errors import InputError
 from fedcmr4d.io import atomic_write, atomic_write_json, atomic_write_text, read_json_object
-from fedcmr4d.train.optimizers import adam_implementation
+from fedcmr4d.train.optimizers import fused_adam
 
 NUM_CLASSES = 4  # background, LV cavity, LV myocardium, RV
 WEIGHTS_FILE = "segmenter.safetensors"
@@ -194,7 +194,7 @@ def fit_segmenter(
     torch.manual_seed(cfg.seed)
     model = build_segmenter(features=ev.segmenter_features).to(device)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=ev.segmenter_lr, **adam_implementation(model.parameters())
+        model.parameters(), lr=ev.segmenter_lr, fused=fused_adam(model.parameters())
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, ev.segmenter_steps)
     model.train()

@@ -40,7 +40,7 @@ from fedcmr4d.stages.base import Runtime, StepOptimizers, TrainingStage
 from fedcmr4d.stages.diffusion import DiffusionStage, load_frozen_autoencoder
 from fedcmr4d.stages.segmenter import SegmenterStage, load_labelled_subjects
 from fedcmr4d.train.models import strip_prefixes
-from fedcmr4d.train.optimizers import adam_implementation
+from fedcmr4d.train.optimizers import fused_adam
 
 __all__ = ["StageTrainer", "build_stage", "load_frozen_autoencoder", "resolve_device"]
 
@@ -118,7 +118,7 @@ def build_optimizers(
             lr=lrs[name],
             betas=betas,
             weight_decay=tc.weight_decay,
-            **adam_implementation(model.parameters()),
+            fused=fused_adam(model.parameters()),
         )
         for name, model in models.items()
     }

@@ -118,8 +118,11 @@ def test_stack_losses_fixed_draws_per_stack_whatever_the_other_subjects():
     assert np.isnan(together[3])
     noise, timesteps = membership.fixed_draws(shape, 2, 3, scheduler.num_train_timesteps)
     by_hand = [
-        float(diffusion_losses_at(unet, scheduler, a[j : j + 1], noise[j, d : d + 1],
-                                  timesteps[j, d : d + 1], 1.0))  # fmt: skip
+        float(
+            diffusion_losses_at(
+                unet, scheduler, a[j : j + 1], noise[j, d : d + 1], timesteps[j, d : d + 1], 1.0
+            )
+        )
         for j in range(2)
         for d in range(3)
     ]

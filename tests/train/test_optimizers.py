@@ -3,11 +3,13 @@
 import torch
 from torch import nn
 
-from fedcmr4d.train.optimizers import adam_implementation
+from fedcmr4d.train.optimizers import fused_adam
 
 
-def _trained(model: nn.Module, **kwargs: bool) -> torch.Tensor:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-4, **kwargs)
+def _trained(model: nn.Module, fused: bool | None, foreach: bool | None = None) -> torch.Tensor:
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-2, weight_decay=1e-4, fused=fused, foreach=foreach
+    )
     g = torch.Generator().manual_seed(3)
     for _ in range(5):
         for p in model.parameters():
@@ -19,19 +21,17 @@ def _trained(model: nn.Module, **kwargs: bool) -> torch.Tensor:
 def test_fused_on_cpu_float_parameters_and_same_update():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv3d(2, 4, 3), nn.GroupNorm(2, 4), nn.Linear(4, 3))
-    assert adam_implementation(model.parameters()) == {"fused": True}
+    assert fused_adam(model.parameters()) is True
     start = {k: v.clone() for k, v in model.state_dict().items()}
-    fused = _trained(model, **adam_implementation(model.parameters()))
+    fused = _trained(model, fused_adam(model.parameters()))
     model.load_state_dict(start)
-    default = _trained(model, foreach=False)
+    default = _trained(model, None, foreach=False)
     assert not torch.equal(fused, torch.cat([v.flatten() for v in start.values()]))
     torch.testing.assert_close(fused, default, rtol=1e-5, atol=1e-6)
 
 
 def test_not_fused_for_integer_or_no_parameters():
-    assert adam_implementation([]) == {}
-    assert adam_implementation([nn.Parameter(torch.zeros(2, dtype=torch.float64))]) == {
-        "fused": True
-    }
+    assert fused_adam([]) is None
+    assert fused_adam([nn.Parameter(torch.zeros(2, dtype=torch.float64))]) is True
     ints = torch.zeros(2, dtype=torch.int64)
-    assert adam_implementation([ints]) == {}  # type: ignore[list-item]
+    assert fused_adam([ints]) is None  # type: ignore[list-item]
