@@ -150,11 +150,12 @@ def coarse_candidates(
     count: int,
     block: int,
     *,
-    exclude: int | None = None,
+    exclude: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N_q, count) indices of the references most similar in the coarse embedding.
 
-    ``exclude``: a reference index never picked (leave-one-out: the query's own entry).
+    ``exclude``: a reference index never picked (leave-one-out: the query's own entry), or an
+    (N_q,) tensor of one such index per query.
     """
     refs = reference if isinstance(reference, References) else None
     q_emb = coarse_embedding(query)
@@ -162,7 +163,10 @@ def coarse_candidates(
     picks = []
     for q0 in range(0, q_emb.shape[0], block):
         similarity = q_emb[q0 : q0 + block] @ r_emb.T
-        if exclude is not None:
+        if isinstance(exclude, torch.Tensor):
+            rows = torch.arange(similarity.shape[0])
+            similarity[rows, exclude[q0 : q0 + block]] = -float("inf")
+        elif exclude is not None:
             similarity[:, exclude] = -float("inf")
         picks.append(similarity.topk(count, dim=1).indices)
     return torch.cat(picks)
@@ -282,7 +286,7 @@ def nearest(
     shift: int,
     candidates: int = 0,
     block: int = 256,
-    exclude: int | None = None,
+    exclude: int | torch.Tensor | None = None,
 ) -> Nearest:
     """Nearest reference of every query under ``1 - shift-invariant NCC``.
 
@@ -293,14 +297,17 @@ def nearest(
         candidates: 0 for the exhaustive search; otherwise the number of coarse candidates per
             query scored exactly (exhaustive anyway when ``N_r <= candidates``).
         block: queries and references handled per matrix product.
-        exclude: a reference index left out (leave-one-out), exactly as if it were removed.
+        exclude: a reference index left out (leave-one-out), exactly as if it were removed; or
+            an (N_q,) tensor of valid indices, one left out for each query (many
+            leave-one-out searches at once).
 
     Returns:
         :class:`Nearest` with one entry per query.
     """
     raw = reference_reps.reps if isinstance(reference_reps, References) else reference_reps
-    kept = [i for i in range(raw.shape[0]) if i != exclude]
-    n_query, n_ref = query_reps.shape[0], len(kept)
+    own = _per_query_exclusion(exclude, query_reps.shape[0], raw.shape[0])
+    kept = [i for i in range(raw.shape[0]) if own is not None or i != exclude]
+    n_query, n_ref = query_reps.shape[0], len(kept) - (own is not None)
     best = torch.full((n_query,), -float("inf"), dtype=torch.float64)
     index = torch.full((n_query,), -1, dtype=torch.int64)
     if n_query == 0 or n_ref == 0:
@@ -312,9 +319,26 @@ def nearest(
             picks = coarse_candidates(
                 query_reps, reference_reps, candidates, block, exclude=exclude
             )
+        elif own is not None:  # every reference but the query's own, in index order
+            others = torch.arange(n_ref).expand(n_query, n_ref)
+            picks = others + (others >= own[:, None]).long()
         else:
             picks = torch.tensor(kept).expand(n_query, n_ref)
         return exact_on_candidates(query_reps, reference_reps, picks, shift)
+
+
+def _per_query_exclusion(
+    exclude: int | torch.Tensor | None, n_query: int, n_ref: int
+) -> torch.Tensor | None:
+    """``exclude`` as an (N_q,) int64 tensor when it is one (checked), else None."""
+    if not isinstance(exclude, torch.Tensor):
+        return None
+    own = exclude.to(torch.int64).reshape(-1)
+    if own.shape[0] != n_query:
+        raise ValueError(f"exclude has {own.shape[0]} entries for {n_query} queries")
+    if own.numel() and (int(own.min()) < 0 or int(own.max()) >= n_ref):
+        raise ValueError(f"exclude indices must lie in [0, {n_ref})")
+    return own
 
 
 #: Query subjects (each with all its variants) searched at once by :func:`nearest_over_variants`.
@@ -327,7 +351,7 @@ def nearest_over_variants(
     *,
     shift: int,
     candidates: int = 0,
-    exclude: int | None = None,
+    exclude: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """(N_q,) float64 distance of every query, in its best variant, to its nearest reference.
 
@@ -337,7 +361,7 @@ def nearest_over_variants(
         reference_reps: (N_r, S, G, G, T), or their :func:`prepare`-d terms (computed once
             when many queries search the same references).
         shift, candidates, exclude: as in :func:`nearest` (every variant gets its own
-            candidates).
+            candidates; a tensor ``exclude`` has one index per query, for all its variants).
 
     Returns:
         The minimum over variants of the nearest distance (``inf`` without references).
@@ -351,8 +375,9 @@ def nearest_over_variants(
     for q0 in range(0, n, QUERIES_PER_CHUNK):  # queries are independent: chunks bound memory
         chunk = query_variants[q0 : q0 + QUERIES_PER_CHUNK]
         flat = chunk.reshape(chunk.shape[0] * v, *query_variants.shape[2:])
-        found = nearest(
-            flat, reference_reps, shift=shift, candidates=candidates, exclude=exclude
-        )
+        left_out = exclude
+        if isinstance(exclude, torch.Tensor):
+            left_out = exclude[q0 : q0 + QUERIES_PER_CHUNK].repeat_interleave(v)
+        found = nearest(flat, reference_reps, shift=shift, candidates=candidates, exclude=left_out)
         best.append(found.distance.reshape(chunk.shape[0], v).amin(dim=1))
     return torch.cat(best)

@@ -51,7 +51,12 @@ import scipy.stats
 import torch
 
 from fedcmr4d import __version__
-from fedcmr4d.audit.distance import References, nearest_over_variants, prepare
+from fedcmr4d.audit.distance import (
+    QUERIES_PER_CHUNK,
+    References,
+    nearest_over_variants,
+    prepare,
+)
 from fedcmr4d.audit.features import AuditGrid, represent_cohort, variants
 from fedcmr4d.config import AuditConfig
 from fedcmr4d.data.cohort import CINE_FILE, open_cohort
@@ -408,11 +413,12 @@ def train_leave_one_out(train: References, grid: AuditGrid) -> np.ndarray:
     if n < 2:
         return np.zeros(0)
     search = {"shift": grid.shift_grid, "candidates": grid.candidates}
-    out = np.empty(n)
-    for j in range(n):  # one subject's variants at a time: all at once held ~V x the cohort
-        mine = variants(train.reps[j : j + 1], grid)
-        out[j] = float(nearest_over_variants(mine, train, exclude=j, **search)[0])
-    return out
+    out = []
+    for j0 in range(0, n, QUERIES_PER_CHUNK):  # all variants at once would hold ~V x the cohort
+        own = torch.arange(j0, min(n, j0 + QUERIES_PER_CHUNK))
+        mine = variants(train.reps[own], grid)
+        out.append(nearest_over_variants(mine, train, exclude=own, **search))
+    return torch.cat(out).numpy()
 
 
 def _represent_dirs(dirs: Sequence[str | Path], grid: AuditGrid) -> torch.Tensor:

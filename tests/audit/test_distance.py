@@ -6,6 +6,7 @@ import itertools
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from fedcmr4d.audit.controls import near_copy
@@ -132,3 +133,31 @@ def test_prepared_references_and_exclusion_equal_a_search_without_that_reference
         assert float(with_self[0]) < 1e-6 < float(kept[0])  # its own copy is found, unless excluded
     found = nearest(refs[3:4], prepared, shift=1, exclude=3)
     assert int(found.index[0]) != 3  # indices stay those of the full reference set
+
+
+def test_one_exclusion_per_query_equals_each_leave_one_out_search():
+    """Many leave-one-out searches at once (an index per query) give each one's own result."""
+    from fedcmr4d.audit.distance import nearest_over_variants, prepare
+
+    generator = torch.Generator().manual_seed(9)
+    refs = _normalised(10, generator)
+    prepared = prepare(refs, 1)
+    own = torch.tensor([3, 0, 9, 3])
+    queries = torch.stack([refs[3], refs[0], refs[9], _normalised(1, generator)[0]])
+    variants = torch.stack([queries, queries.flip(2)], dim=1)  # (4, V=2, ...)
+    for candidates in (0, 4):
+        batched = nearest_over_variants(
+            variants, prepared, shift=1, candidates=candidates, exclude=own
+        )
+        each = [
+            nearest_over_variants(
+                variants[i : i + 1], prepared, shift=1, candidates=candidates, exclude=int(j)
+            )[0]
+            for i, j in enumerate(own)
+        ]
+        torch.testing.assert_close(batched, torch.stack(each))
+        assert float(batched[:3].min()) > 1e-6  # no query found its own (excluded) copy
+    with pytest.raises(ValueError, match="entries for"):
+        nearest(queries, prepared, shift=1, exclude=own[:2])
+    with pytest.raises(ValueError, match="must lie in"):
+        nearest(queries, prepared, shift=1, exclude=torch.tensor([0, 1, 2, 10]))
